@@ -1,0 +1,254 @@
+"""One typed configuration object: every default of klustr_gpu lives here, once.
+
+A :class:`Config` is a tree of small dataclasses (``audio``, ``scan``, ``features``, ``stft``,
+``mfcc``, ``mir``, ``mel``, ``reduce``, ``render``). It is written to ``PROJECT/klustr.toml``
+before any stage starts, so every run is reproducible and diffable.
+
+Two presets:
+
+``default``
+    For general sample libraries: 22.05 kHz mono, 1.0 s clips (long enough for snares,
+    claps and cymbal tails, short enough to batch), summary-statistics MFCCs (mean and std of
+    20 coefficients + deltas) which are robust to onset jitter, standardised, PCA to 32
+    components, then UMAP (n_neighbors 15, min_dist 0.1).
+``klustr``
+    The 2017 settings: 48 kHz mono, 0.25 s clips, n_fft 1024 / hop 256 STFT fingerprint,
+    30 MFCCs as a flattened grid, PCA to 14 components before UMAP with the correlation
+    metric, no PCA before t-SNE.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import tomllib
+from dataclasses import dataclass, field, fields, asdict
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from .errors import UsageError
+
+AUDIO_EXTENSIONS = (".wav", ".flac", ".aiff", ".aif", ".ogg", ".mp3")
+FFMPEG_EXTENSIONS = (".m4a", ".aac", ".opus", ".wma", ".mp4", ".webm")
+FEATURE_SETS = ("stft", "mfcc", "mir", "mel")
+METHODS = ("umap", "tsne", "pca")
+ENGINES = ("auto", "cuml", "torchdr", "cpu")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass
+class AudioConfig:
+    """How a file becomes a clip: ``(samples,)`` float32 at ``sample_rate``."""
+
+    sample_rate: int = 22050
+    clip_seconds: float = 1.0
+    normalize: bool = True          # peak-normalise each clip to 1.0
+    silence_threshold: float = 1e-5  # peak below this = all-silent -> skipped
+    max_channels: int = 8            # more channels than this -> skipped
+    min_sample_rate: int = 4000
+    max_sample_rate: int = 384000
+
+
+@dataclass
+class ScanConfig:
+    extensions: list[str] = field(default_factory=lambda: list(AUDIO_EXTENSIONS))
+    follow_symlinks: bool = True
+    hash_full_below: int = 16 * 1024 * 1024  # files larger than this get a sampled hash
+
+
+@dataclass
+class FeatureConfig:
+    sets: list[str] = field(default_factory=lambda: ["mfcc"])
+    device: str = "auto"
+    batch_size: int = 256
+    workers: int = 0                 # 0 = choose from the CPU count
+    shard_size: int = 2048           # rows per committed shard
+    frames: bool = False
+    window: float = 0.5              # frame mode: seconds per point
+    hop: float = 0.25                # frame mode: seconds between points
+
+
+@dataclass
+class STFTConfig:
+    n_fft: int = 1024
+    hop_length: int = 256
+    log: bool = True
+    group: int = 10                  # frequency bins averaged per group
+    size: int = 32                   # fingerprint is size x size
+
+
+@dataclass
+class MFCCConfig:
+    n_mfcc: int = 20
+    n_mels: int = 64
+    n_fft: int = 1024
+    hop_length: int = 256
+    deltas: bool = True
+    summary: str = "stats"           # "stats" (mean, std per coefficient) or "grid"
+
+
+@dataclass
+class MIRConfig:
+    n_fft: int = 1024
+    hop_length: int = 256
+    summary: str = "stats"           # "stats" or "grid" (per-clip z-scored, as in 2017)
+
+
+@dataclass
+class MelConfig:
+    n_mels: int = 64
+    n_fft: int = 1024
+    hop_length: int = 256
+
+
+@dataclass
+class ReduceConfig:
+    method: str = "umap"
+    features: str = "mfcc"
+    engine: str = "auto"
+    standardize: bool = True
+    pca_components: int = 32         # 0 = no PCA before t-SNE/UMAP
+    pca_before_tsne: bool = True
+    n_neighbors: int = 15
+    min_dist: float = 0.1
+    metric: str = "euclidean"
+    perplexity: float = 30.0
+    tsne_iterations: int = 750
+    sample_threshold: int = 200_000  # above: fit on a sample, transform the rest
+    sample_size: int = 100_000
+
+
+@dataclass
+class RenderConfig:
+    width: int = 1200
+    height: int = 900
+    by: str = "label"
+
+
+@dataclass
+class Config:
+    preset: str = "default"
+    seed: int = 0
+    audio: AudioConfig = field(default_factory=AudioConfig)
+    scan: ScanConfig = field(default_factory=ScanConfig)
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+    stft: STFTConfig = field(default_factory=STFTConfig)
+    mfcc: MFCCConfig = field(default_factory=MFCCConfig)
+    mir: MIRConfig = field(default_factory=MIRConfig)
+    mel: MelConfig = field(default_factory=MelConfig)
+    reduce: ReduceConfig = field(default_factory=ReduceConfig)
+    render: RenderConfig = field(default_factory=RenderConfig)
+
+    # -- construction -------------------------------------------------------------------
+    @classmethod
+    def preset_named(cls, name: str = "default") -> "Config":
+        if name not in PRESETS:
+            raise UsageError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
+        return PRESETS[name]()
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Config":
+        cfg = cls.preset_named(data.get("preset", "default"))
+        return cfg.updated(data)
+
+    def updated(self, data: dict[str, Any]) -> "Config":
+        """A copy with ``data`` (nested dict, or ``"section.key"`` keys) applied; checks names."""
+        cfg = dataclasses.replace(self)
+        for key, value in data.items():
+            if "." in key:
+                section, _, name = key.partition(".")
+                value = {name: value}
+                key = section
+            _apply(cfg, key, value)
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        for s in self.features.sets:
+            if s not in FEATURE_SETS:
+                raise UsageError(f"unknown feature set {s!r}; choose from: {', '.join(FEATURE_SETS)}")
+        if self.features.device not in DEVICES:
+            raise UsageError(f"unknown device {self.features.device!r}; choose one of: {', '.join(DEVICES)}")
+        if self.reduce.method not in METHODS:
+            raise UsageError(f"unknown method {self.reduce.method!r}; choose one of: {', '.join(METHODS)}")
+        if self.reduce.engine not in ENGINES:
+            raise UsageError(f"unknown engine {self.reduce.engine!r}; choose one of: {', '.join(ENGINES)}")
+        if self.audio.sample_rate < 1000 or self.audio.clip_seconds <= 0:
+            raise UsageError("audio.sample_rate must be >= 1000 and audio.clip_seconds > 0")
+        if self.features.batch_size < 1 or self.features.shard_size < 1:
+            raise UsageError("features.batch_size and features.shard_size must be >= 1")
+        if self.features.window <= 0 or self.features.hop <= 0:
+            raise UsageError("features.window and features.hop must be > 0 seconds")
+
+    # -- persistence ----------------------------------------------------------------------
+    def to_toml(self) -> str:
+        return tomli_w.dumps(self.to_dict())
+
+    @classmethod
+    def from_toml(cls, text: str) -> "Config":
+        return cls.from_dict(tomllib.loads(text))
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Config":
+        return cls.from_toml(Path(path).read_text(encoding="utf-8"))
+
+    def section_hash(self, *sections: str) -> str:
+        """A short stable hash of the named sections (e.g. ``"audio", "mfcc"``)."""
+        d = self.to_dict()
+        blob = json.dumps({s: d[s] for s in sections}, sort_keys=True).encode()
+        return hashlib.blake2b(blob, digest_size=8).hexdigest()
+
+
+def _apply(obj: Any, key: str, value: Any) -> None:
+    names = {f.name for f in fields(obj)}
+    if key not in names:
+        raise UsageError(f"unknown setting {key!r}; known: {', '.join(sorted(names))}")
+    current = getattr(obj, key)
+    if dataclasses.is_dataclass(current):
+        if not isinstance(value, dict):
+            raise UsageError(f"setting {key!r} is a section; give a table of values")
+        sub = dataclasses.replace(current)
+        for k, v in value.items():
+            _apply(sub, k, v)
+        setattr(obj, key, sub)
+        return
+    if current is not None and value is not None:
+        try:
+            if isinstance(current, bool):
+                if isinstance(value, str):
+                    value = value.lower() in ("1", "true", "yes", "on")
+                value = bool(value)
+            elif isinstance(current, int) and not isinstance(value, bool):
+                value = int(value)
+            elif isinstance(current, float):
+                value = float(value)
+            elif isinstance(current, list) and isinstance(value, str):
+                value = [v.strip() for v in value.split(",") if v.strip()]
+        except (TypeError, ValueError):
+            raise UsageError(f"setting {key!r}: cannot use {value!r} as {type(current).__name__}") from None
+    setattr(obj, key, value)
+
+
+def _default() -> Config:
+    return Config()
+
+
+def _klustr2017() -> Config:
+    return Config(
+        preset="klustr",
+        audio=AudioConfig(sample_rate=48000, clip_seconds=0.25, normalize=True),
+        features=FeatureConfig(sets=["stft", "mfcc", "mir"]),
+        stft=STFTConfig(n_fft=1024, hop_length=256, log=True, group=10, size=32),
+        mfcc=MFCCConfig(n_mfcc=30, n_mels=128, n_fft=2048, hop_length=512, deltas=False, summary="grid"),
+        mir=MIRConfig(n_fft=1024, hop_length=256, summary="grid"),
+        reduce=ReduceConfig(method="umap", features="mfcc", pca_components=14, pca_before_tsne=False,
+                            n_neighbors=15, min_dist=0.01, metric="correlation", perplexity=50.0),
+    )
+
+
+PRESETS = {"default": _default, "klustr": _klustr2017}

@@ -1,0 +1,135 @@
+"""Decoding: a file (or a window of it) becomes a mono float32 clip at the project's rate.
+
+``decode(path, audio, offset=0.0, seconds=None)``: reads only the frames it needs (never the
+whole of a long file), downmixes to mono, resamples with torchaudio, trims or zero-pads to the
+clip length and optionally peak-normalises. A file that cannot be used raises
+:class:`~klustr_gpu.errors.SkipFile` with a readable reason.
+"""
+from __future__ import annotations
+
+import functools
+import math
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from ..config import AudioConfig
+from ..errors import SkipFile
+
+#: Shortest usable input, in samples at the project rate (one 1024-point FFT frame would
+#: need padding to be meaningful; below this there is no sound to describe).
+MIN_SAMPLES = 256
+
+
+def _open_error_reason(exc: Exception, path: Path) -> str:
+    if isinstance(exc, PermissionError):
+        return "permission denied"
+    if isinstance(exc, FileNotFoundError):
+        return "file vanished"
+    msg = str(exc).split("\n")[0]
+    if path.exists() and path.stat().st_size == 0:
+        return "empty file (0 bytes)"
+    if "Format not recognised" in msg or "unknown format" in msg.lower():
+        return "not a readable audio file (unrecognised format)"
+    return f"cannot decode: {msg.split(': ', 1)[-1][:120]}"
+
+
+def read_info(path: str | Path):
+    """Header read only: ``soundfile.info``; raises SkipFile with a reason."""
+    path = Path(path)
+    try:
+        if path.stat().st_size == 0:
+            raise SkipFile("empty file (0 bytes)")
+        with open(path, "rb"):
+            pass
+        return sf.info(str(path))
+    except SkipFile:
+        raise
+    except (RuntimeError, sf.LibsndfileError, OSError, ValueError) as exc:
+        raise SkipFile(_open_error_reason(exc, path)) from None
+
+
+@functools.lru_cache(maxsize=32)
+def _resampler(orig: int, new: int):
+    import torchaudio  # heavy import, only when resampling is needed
+
+    g = math.gcd(orig, new)
+    return torchaudio.transforms.Resample(orig // g, new // g, dtype=__import__("torch").float32)
+
+
+def resample(x: np.ndarray, orig: int, new: int) -> np.ndarray:
+    """Resample ``x`` of shape ``(..., time)`` from ``orig`` Hz to ``new`` Hz (torchaudio)."""
+    if orig == new:
+        return x
+    import torch
+
+    with torch.no_grad():
+        y = _resampler(int(orig), int(new))(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)))
+    return y.numpy()
+
+
+def check_header(info, audio: AudioConfig) -> None:
+    """Raise SkipFile for a header that no decode can turn into a clip."""
+    if info.channels < 1 or info.channels > audio.max_channels:
+        raise SkipFile(f"{info.channels} channels (at most {audio.max_channels} supported)")
+    if not (audio.min_sample_rate <= info.samplerate <= audio.max_sample_rate):
+        raise SkipFile(f"sample rate {info.samplerate} Hz outside {audio.min_sample_rate}-{audio.max_sample_rate} Hz")
+    if info.frames <= 0:
+        raise SkipFile("no audio frames")
+    if info.frames * audio.sample_rate / info.samplerate < MIN_SAMPLES:
+        raise SkipFile(f"too short ({info.frames} frames; shorter than one analysis frame)")
+
+
+def decode(
+    path: str | Path,
+    audio: AudioConfig,
+    *,
+    offset: float = 0.0,
+    seconds: float | None = None,
+    pad: bool = True,
+    strict: bool = True,
+) -> np.ndarray:
+    """Decode ``seconds`` (default: the clip length) of ``path`` from ``offset``.
+
+    Returns float32 ``[shape=(round(seconds * audio.sample_rate),)]`` when ``pad`` (zero-padded
+    or trimmed), else up to that many samples. ``strict=False`` (frame mode) returns silent or
+    short windows as they are instead of raising SkipFile.
+    """
+    path = Path(path)
+    seconds = audio.clip_seconds if seconds is None else seconds
+    n_out = int(round(seconds * audio.sample_rate))
+    try:
+        with sf.SoundFile(str(path)) as fh:
+            sr = fh.samplerate
+            info_like = type("I", (), {"channels": fh.channels, "samplerate": sr, "frames": fh.frames})
+            check_header(info_like, audio)
+            start = int(round(offset * sr))
+            if start:
+                if start >= fh.frames:
+                    raise SkipFile("offset beyond end of file")
+                fh.seek(start)
+            # a few extra input frames so the resampler's edge does not eat the last samples
+            want = int(math.ceil(seconds * sr)) + (64 if sr != audio.sample_rate else 0)
+            data = fh.read(frames=want, dtype="float32", always_2d=True)
+    except SkipFile:
+        raise
+    except (RuntimeError, sf.LibsndfileError, OSError, ValueError, TypeError) as exc:
+        raise SkipFile(_open_error_reason(exc, path)) from None
+    if data.shape[0] == 0:
+        raise SkipFile("truncated: no audio data after the header")
+    if not np.isfinite(data).all():
+        raise SkipFile("audio holds NaN or Inf samples")
+    mono = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
+    mono = resample(mono, sr, audio.sample_rate)
+    if mono.shape[0] < MIN_SAMPLES and strict:
+        raise SkipFile(f"too short ({mono.shape[0]} samples at {audio.sample_rate} Hz)")
+    mono = mono[:n_out]
+    peak = float(np.max(np.abs(mono))) if mono.size else 0.0
+    if peak < audio.silence_threshold and strict:
+        raise SkipFile("all-silent audio")
+    if audio.normalize and peak > 0:
+        mono = mono / peak
+    if pad and mono.shape[0] < n_out:
+        mono = np.pad(mono, (0, n_out - mono.shape[0]))
+    return np.ascontiguousarray(mono, dtype=np.float32)

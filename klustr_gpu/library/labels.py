@@ -1,0 +1,76 @@
+"""Labels for the files of a library: from a CSV, from the parent folder, or the 2017 regex rule."""
+from __future__ import annotations
+
+import csv
+import re
+from pathlib import Path, PurePosixPath
+
+from ..errors import UsageError
+
+#: The 2017 klustr rule: case-insensitive keywords on the whole path; "hi.hat" matches
+#: hihat, hi-hat, hi_hat, hi hat. A path that matches two classes stays unlabelled.
+KLUSTR_2017_CLASSES = {
+    "kick": re.compile(r"kick", re.I),
+    "tom": re.compile(r"tom", re.I),
+    "snare": re.compile(r"snare", re.I),
+    "clap": re.compile(r"clap", re.I),
+    "hihat": re.compile(r"hi.?hat", re.I),
+    "ride": re.compile(r"ride", re.I),
+    "crash": re.compile(r"crash", re.I),
+}
+
+LABEL_MODES = ("none", "csv", "parent", "regex")
+
+
+def label_regex(rel_path: str) -> str | None:
+    """The 2017 rule applied to one relative path; ``None`` when no or several classes match."""
+    hits = [name for name, rx in KLUSTR_2017_CLASSES.items() if rx.search(rel_path)]
+    return hits[0] if len(hits) == 1 else None
+
+
+def label_parent(rel_path: str) -> str | None:
+    parent = PurePosixPath(rel_path).parent.name
+    return parent or None
+
+
+def read_labels_csv(path: str | Path) -> dict[str, str]:
+    """``path,label`` rows (paths relative to the library, header optional) -> dict."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"labels file {path} does not exist")
+    out: dict[str, str] = {}
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            for i, row in enumerate(csv.reader(fh)):
+                if not row or all(not c.strip() for c in row):
+                    continue
+                if len(row) < 2:
+                    raise UsageError(f"{path}:{i + 1}: expected 'path,label', got {','.join(row)!r}")
+                p, label = row[0].strip(), row[1].strip()
+                if i == 0 and p.lower() == "path" and label.lower() == "label":
+                    continue
+                key = p.replace("\\", "/")
+                out[key[2:] if key.startswith("./") else key] = label
+    except UnicodeDecodeError:
+        raise UsageError(f"labels file {path} is not UTF-8 text") from None
+    return out
+
+
+class Labeller:
+    """Callable ``rel_path -> label | None`` for one of the modes."""
+
+    def __init__(self, *, csv_path: str | Path | None = None, from_parent: bool = False, regex: bool = False):
+        chosen = sum([csv_path is not None, from_parent, regex])
+        if chosen > 1:
+            raise UsageError("choose one of --labels CSV, --label-from parent, --label-regex")
+        self.mode = "csv" if csv_path is not None else "parent" if from_parent else "regex" if regex else "none"
+        self._table = read_labels_csv(csv_path) if csv_path is not None else None
+
+    def __call__(self, rel_path: str) -> str | None:
+        if self.mode == "csv":
+            return self._table.get(rel_path)
+        if self.mode == "parent":
+            return label_parent(rel_path)
+        if self.mode == "regex":
+            return label_regex(rel_path)
+        return None

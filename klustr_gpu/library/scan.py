@@ -1,0 +1,174 @@
+"""Scan: walk a library, read headers (never full decodes), hash, label -> ``manifest.parquet``."""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import stat
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Callable, Iterator
+
+import pandas as pd
+from tqdm.auto import tqdm
+
+from ..config import FFMPEG_EXTENSIONS, Config
+from ..errors import SkipFile, UsageError
+from ..store import MANIFEST_COLUMNS, Project
+from .decode import check_header, read_info
+from .labels import Labeller
+
+log = logging.getLogger(__name__)
+
+_SF_FORMAT = {"WAV": "wav", "WAVEX": "wav", "FLAC": "flac", "AIFF": "aiff", "OGG": "ogg", "MP3": "mp3", "RF64": "wav"}
+
+
+def file_id(rel_path: str) -> str:
+    """Stable id of a file: a hash of its path relative to the library (16 hex digits)."""
+    return hashlib.blake2b(rel_path.encode("utf-8", "surrogateescape"), digest_size=8).hexdigest()
+
+
+def content_hash(path: Path, size: int, full_below: int) -> str:
+    """blake2b of the bytes; above ``full_below`` bytes, of the size + first and last MiB."""
+    h = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as fh:
+        if size <= full_below:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+        else:
+            h.update(str(size).encode())
+            h.update(fh.read(1 << 20))
+            fh.seek(max(0, size - (1 << 20)))
+            h.update(fh.read(1 << 20))
+    return h.hexdigest()
+
+
+def extensions(cfg: Config) -> tuple[str, ...]:
+    exts = [e.lower() for e in cfg.scan.extensions]
+    if shutil.which("ffmpeg"):
+        exts += list(FFMPEG_EXTENSIONS)
+    return tuple(dict.fromkeys(exts))
+
+
+def walk(root: Path, exts: tuple[str, ...], follow_symlinks: bool = True) -> Iterator[Path]:
+    """Every file under ``root`` whose name ends in one of ``exts``, in sorted order.
+
+    Directories are visited once each by (device, inode), so symlink cycles end; directories
+    named like audio files are descended into, never yielded.
+    """
+    seen: set[tuple[int, int]] = set()
+    stack = [root]
+    while stack:
+        d = stack.pop()
+        try:
+            st = d.stat()
+        except OSError:
+            continue
+        key = (st.st_dev, st.st_ino)
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            entries = sorted(os.scandir(d), key=lambda e: e.name)
+        except OSError as exc:
+            log.warning("cannot list %s: %s", d, exc.strerror)
+            continue
+        subdirs = []
+        for e in entries:
+            try:
+                is_dir = e.is_dir(follow_symlinks=follow_symlinks)
+            except OSError:
+                continue
+            if is_dir:
+                subdirs.append(Path(e.path))
+            elif e.name.lower().endswith(exts) and not e.name.startswith("._"):
+                yield Path(e.path)
+        stack.extend(reversed(subdirs))
+
+
+def _fmt(info) -> str:
+    return _SF_FORMAT.get(info.format, info.format.lower())
+
+
+def _row(path: Path, root: Path, cfg: Config, labeller: Callable[[str], str | None]) -> dict:
+    rel = path.relative_to(root).as_posix()
+    row = dict(id=file_id(rel), path=rel, size=0, mtime=0.0, hash="", format=path.suffix.lower().lstrip("."),
+               sample_rate=0, channels=0, frames=0, duration=0.0, label=labeller(rel), status="ok", reason="")
+    try:
+        st = path.stat()
+        row.update(size=st.st_size, mtime=st.st_mtime)
+        if not stat.S_ISREG(st.st_mode):
+            raise SkipFile("not a regular file")
+        info = read_info(path)
+        row.update(format=_fmt(info), sample_rate=info.samplerate, channels=info.channels,
+                   frames=info.frames, duration=info.frames / info.samplerate if info.samplerate else 0.0)
+        check_header(info, cfg.audio)
+        row["hash"] = content_hash(path, st.st_size, cfg.scan.hash_full_below)
+    except SkipFile as exc:
+        row.update(status="skipped", reason=exc.reason)
+    except PermissionError:
+        row.update(status="skipped", reason="permission denied")
+    except FileNotFoundError:
+        row.update(status="skipped", reason="file vanished during the scan")
+    except OSError as exc:
+        row.update(status="skipped", reason=f"cannot read: {exc.strerror}")
+    return row
+
+
+def scan(
+    library: str | Path,
+    project: str | Path | Project,
+    *,
+    config: Config | None = None,
+    labels: str | Path | None = None,
+    label_from: str | None = None,
+    label_regex: bool = False,
+    progress: bool = True,
+    threads: int = 4,
+) -> pd.DataFrame:
+    """Walk ``library`` and write ``PROJECT/manifest.parquet``; returns the manifest.
+
+    ``labels``: a CSV of ``path,label`` (paths relative to the library); ``label_from="parent"``:
+    the folder name; ``label_regex``: the 2017 keyword rule. Broken files become rows with
+    ``status="skipped"`` and a ``reason``.
+    """
+    root = Path(library).expanduser()
+    if not root.exists():
+        raise UsageError(f"library folder {root} does not exist")
+    if not root.is_dir():
+        raise UsageError(f"library {root} is not a folder")
+    if label_from not in (None, "parent"):
+        raise UsageError(f"--label-from {label_from!r} is not supported; use 'parent'")
+    proj = project if isinstance(project, Project) else Project(project)
+    proj.ensure()
+    root = root.resolve()
+    try:
+        proj.path.resolve().relative_to(root)
+        inside = True
+    except ValueError:
+        inside = False
+    cfg = config or proj.load_config()
+    labeller = Labeller(csv_path=labels, from_parent=label_from == "parent", regex=label_regex)
+    exts = extensions(cfg)
+    paths = [p for p in tqdm(walk(root, exts, cfg.scan.follow_symlinks), desc="scan: walk", unit=" files",
+                             disable=not progress, leave=False)
+             if not (inside and _under(p, proj.path.resolve()))]
+    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+        rows = list(tqdm(pool.map(lambda p: _row(p, root, cfg, labeller), paths), total=len(paths),
+                         desc="scan: headers", unit=" files", disable=not progress))
+    df = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
+    if len(df):
+        df = df.drop_duplicates("id").reset_index(drop=True)
+    df["label"] = df["label"].astype("object")
+    proj.write_manifest(df, {"library": str(root), "labels": labeller.mode, "config_preset": cfg.preset})
+    log.info("scan: %d files, %d ok, %d skipped", len(df), int((df.status == "ok").sum()), int((df.status != "ok").sum()))
+    return df
+
+
+def _under(p: Path, folder: Path) -> bool:
+    try:
+        p.resolve().relative_to(folder)
+        return True
+    except (ValueError, OSError):
+        return False

@@ -1,0 +1,247 @@
+"""The project folder: atomic, resumable reads and writes.
+
+Layout (see README)::
+
+    PROJECT/
+      klustr.toml                 every parameter of the run
+      manifest.parquet            one row per file (id, path, ..., label, status, reason)
+      features/<set>/             chunked float32 arrays, rows aligned with the manifest
+      embeddings/<name>.parquet   id, x, y (+ label); parameters in the file metadata
+      embeddings/DEFAULT          name of the default embedding (for render / serve)
+      scores.json, report.md, grid.png, map.png, map.html
+
+Every write goes to a temporary name in the same folder and is renamed into place, so a
+killed process never leaves a half-written file. A lock (``flock`` on ``PROJECT/.lock``)
+keeps two runs from writing one project at once; the kernel drops it when a process dies,
+so a stale lock never blocks the next run.
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .config import Config
+from .errors import StoreError, UsageError
+
+MANIFEST_COLUMNS = [
+    "id", "path", "size", "mtime", "hash", "format", "sample_rate", "channels", "frames",
+    "duration", "label", "status", "reason",
+]
+META_KEY = b"klustr"
+
+
+@contextlib.contextmanager
+def atomic_path(target: str | Path, suffix: str = "") -> Iterator[Path]:
+    """Yield a temporary path beside ``target``; rename it onto ``target`` on success.
+
+    On any exception the temporary file is removed and ``target`` is left untouched.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix + ".tmp", dir=target.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        with open(tmp_path, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp_path, target)
+    except OSError as exc:
+        tmp_path.unlink(missing_ok=True)
+        if exc.errno == errno.ENOSPC:
+            raise StoreError(f"disk full while writing {target}; previous outputs are intact") from exc
+        raise StoreError(f"could not write {target}: {exc.strerror or exc}") from exc
+    except BaseException:
+        tmp_path.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_bytes(target: str | Path, data: bytes) -> None:
+    with atomic_path(target) as tmp:
+        tmp.write_bytes(data)
+
+
+def atomic_write_text(target: str | Path, text: str) -> None:
+    atomic_write_bytes(target, text.encode("utf-8"))
+
+
+def write_parquet(df: pd.DataFrame, target: str | Path, metadata: dict[str, Any] | None = None) -> None:
+    table = pa.Table.from_pandas(df, preserve_index=False)
+    if metadata is not None:
+        meta = dict(table.schema.metadata or {})
+        meta[META_KEY] = json.dumps(metadata, sort_keys=True, default=str).encode()
+        table = table.replace_schema_metadata(meta)
+    with atomic_path(target, ".parquet") as tmp:
+        pq.write_table(table, tmp)
+
+
+def read_parquet_metadata(path: str | Path) -> dict[str, Any]:
+    meta = pq.read_schema(path).metadata or {}
+    raw = meta.get(META_KEY)
+    return json.loads(raw) if raw else {}
+
+
+class Project:
+    """A project folder. Cheap to construct; nothing is created until written."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"Project({str(self.path)!r})"
+
+    # -- paths ---------------------------------------------------------------------------
+    @property
+    def config_path(self) -> Path:
+        return self.path / "klustr.toml"
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.path / "manifest.parquet"
+
+    @property
+    def features_root(self) -> Path:
+        return self.path / "features"
+
+    def features_dir(self, name: str) -> Path:
+        return self.features_root / name
+
+    @property
+    def embeddings_dir(self) -> Path:
+        return self.path / "embeddings"
+
+    def embedding_path(self, name: str) -> Path:
+        return self.embeddings_dir / f"{name}.parquet"
+
+    # -- checks --------------------------------------------------------------------------
+    def ensure(self) -> "Project":
+        """Create the folder (and parents); one clear error if that is impossible."""
+        if self.path.exists() and not self.path.is_dir():
+            raise UsageError(f"output {self.path} is a file, not a folder; choose another -o")
+        for parent in self.path.parents:
+            if parent.exists() and not parent.is_dir():
+                raise UsageError(f"output {self.path} lies inside the file {parent}; choose another -o")
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UsageError(f"cannot create project folder {self.path}: {exc.strerror}") from None
+        return self
+
+    def require(self, what: str = "manifest") -> "Project":
+        """Fail with a clear message if the project (or one of its stages) is missing."""
+        if not self.path.is_dir():
+            raise UsageError(f"no project folder at {self.path}; run `klustr scan LIBRARY -o {self.path}` first")
+        if what == "manifest" and not self.manifest_path.exists():
+            raise UsageError(f"{self.path} has no manifest.parquet; run `klustr scan LIBRARY -o {self.path}` first")
+        return self
+
+    # -- config --------------------------------------------------------------------------
+    def write_config(self, cfg: Config) -> None:
+        self.ensure()
+        atomic_write_text(self.config_path, cfg.to_toml())
+
+    def load_config(self, default: Config | None = None) -> Config:
+        if self.config_path.exists():
+            return Config.load(self.config_path)
+        return default if default is not None else Config()
+
+    # -- library root (recorded by scan) ---------------------------------------------------
+    @property
+    def library_root(self) -> Path:
+        meta = read_parquet_metadata(self.manifest_path) if self.manifest_path.exists() else {}
+        if "library" not in meta:
+            raise UsageError(f"{self.path} has no manifest; run `klustr scan LIBRARY -o {self.path}` first")
+        return Path(meta["library"])
+
+    def audio_path(self, rel: str) -> Path:
+        return self.library_root / rel
+
+    # -- manifest ------------------------------------------------------------------------
+    def read_manifest(self) -> pd.DataFrame:
+        self.require("manifest")
+        return pd.read_parquet(self.manifest_path)
+
+    def manifest_metadata(self) -> dict[str, Any]:
+        self.require("manifest")
+        return read_parquet_metadata(self.manifest_path)
+
+    def write_manifest(self, df: pd.DataFrame, metadata: dict[str, Any]) -> None:
+        self.ensure()
+        write_parquet(df[MANIFEST_COLUMNS], self.manifest_path, metadata)
+
+    def mark_skipped(self, reasons: dict[str, str]) -> None:
+        """Record files found broken after the scan (by id -> reason), atomically."""
+        if not reasons:
+            return
+        df = self.read_manifest()
+        meta = self.manifest_metadata()
+        hit = df["id"].isin(list(reasons))
+        df.loc[hit, "status"] = "skipped"
+        df.loc[hit, "reason"] = df.loc[hit, "id"].map(reasons)
+        self.write_manifest(df, meta)
+
+    # -- embeddings ----------------------------------------------------------------------
+    def write_embedding(self, name: str, df: pd.DataFrame, params: dict[str, Any]) -> Path:
+        path = self.embedding_path(name)
+        write_parquet(df, path, params)
+        return path
+
+    def read_embedding(self, name: str | None = None) -> tuple[pd.DataFrame, dict[str, Any]]:
+        name = name or self.default_embedding()
+        path = self.embedding_path(name)
+        if not path.exists():
+            known = ", ".join(self.list_embeddings()) or "none"
+            raise UsageError(f"no embedding {name!r} in {self.path} (have: {known}); run `klustr embed {self.path}`")
+        return pd.read_parquet(path), read_parquet_metadata(path)
+
+    def list_embeddings(self) -> list[str]:
+        if not self.embeddings_dir.is_dir():
+            return []
+        return sorted(p.stem for p in self.embeddings_dir.glob("*.parquet") if not p.name.startswith("."))
+
+    def default_embedding(self) -> str:
+        marker = self.embeddings_dir / "DEFAULT"
+        if marker.exists():
+            name = marker.read_text(encoding="utf-8").strip()
+            if self.embedding_path(name).exists():
+                return name
+        names = self.list_embeddings()
+        if not names:
+            raise UsageError(f"{self.path} has no embeddings yet; run `klustr embed {self.path}` first")
+        return names[0]
+
+    def set_default_embedding(self, name: str) -> None:
+        atomic_write_text(self.embeddings_dir / "DEFAULT", name + "\n")
+
+    # -- locking -------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def lock(self, what: str = "run") -> Iterator[None]:
+        """Hold the project's write lock; a second concurrent run is refused at once."""
+        self.ensure()
+        fh = open(self.path / ".lock", "a+")
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "another process"
+            fh.close()
+            raise StoreError(f"{self.path} is in use by {holder}; wait for it to finish (the lock clears when it exits)") from None
+        try:
+            fh.seek(0)
+            fh.truncate()
+            fh.write(f"pid {os.getpid()} ({what})")
+            fh.flush()
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+            fh.close()
