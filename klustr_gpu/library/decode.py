@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import functools
 import math
+import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +30,10 @@ def _open_error_reason(exc: Exception, path: Path) -> str:
     if isinstance(exc, FileNotFoundError):
         return "file vanished"
     msg = str(exc).split("\n")[0]
+    if not path.exists():
+        return "file vanished"
+    if not os.access(path, os.R_OK):
+        return "permission denied"
     if path.exists() and path.stat().st_size == 0:
         return "empty file (0 bytes)"
     if "Format not recognised" in msg or "unknown format" in msg.lower():
@@ -43,11 +49,19 @@ def read_info(path: str | Path):
             raise SkipFile("empty file (0 bytes)")
         with open(path, "rb"):
             pass
-        return sf.info(str(path))
+        info = sf.info(str(path))
     except SkipFile:
         raise
     except (RuntimeError, sf.LibsndfileError, OSError, ValueError) as exc:
         raise SkipFile(_open_error_reason(exc, path)) from None
+    m = _TRUNCATED.search(info.extra_info or "")
+    if m:
+        raise SkipFile(f"truncated: header declares {m.group(1)} bytes of audio, the file holds {m.group(2)}")
+    return info
+
+
+#: libsndfile's header report for WAV/AIFF whose data chunk runs past the end of the file
+_TRUNCATED = re.compile(r"(?:data|SSND)\s*:\s*(\d+)\s*\(should be (\d+)\)")
 
 
 @functools.lru_cache(maxsize=32)

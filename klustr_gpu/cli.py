@@ -1,0 +1,373 @@
+"""The ``klustr`` command: a thin layer over the Python API (``klustr_gpu.*``).
+
+Exit codes: 0 done; 1 a run failed (store, engine, unexpected error); 2 wrong usage (unknown
+option value, missing folder, output inside a file), reported in one line before any work.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from .config import DEVICES, ENGINES, FEATURE_SETS, METHODS, PRESETS
+from .errors import KlustrError, UsageError
+
+log = logging.getLogger("klustr_gpu")
+
+EPILOG = """\
+examples:
+  klustr demo-corpus demo/library --n 3000
+  klustr map demo/library -o demo/project --labels demo/library/labels.csv
+  klustr scan ~/Samples -o proj --label-regex
+  klustr features proj --set mfcc,stft --device auto
+  klustr embed proj --method tsne --perplexity 50
+  klustr grid proj && klustr render proj && klustr serve proj
+
+Every command reads and writes the project folder (see README: 'The project folder')."""
+
+
+def _csv_list(choices: Sequence[str]):
+    def parse(text: str) -> list[str]:
+        items = [t.strip() for t in text.split(",") if t.strip()]
+        bad = [t for t in items if t not in choices]
+        if bad or not items:
+            raise argparse.ArgumentTypeError(f"unknown value(s) {', '.join(bad) or repr(text)}; choose from {', '.join(choices)}")
+        return items
+    return parse
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
+    return v
+
+
+def _positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be greater than 0")
+    return v
+
+
+def _setting(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or "." not in key:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected SECTION.KEY=VALUE, e.g. audio.sample_rate=44100")
+    return key.strip(), value.strip()
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-c", "--config", dest="settings", action="append", type=_setting, default=[], metavar="SECTION.KEY=VALUE",
+                   help="override one setting of klustr.toml (repeatable), e.g. -c audio.clip_seconds=0.5")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars, warnings only")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+
+
+def _add_labels(p: argparse.ArgumentParser) -> None:
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--labels", metavar="CSV", help="CSV of path,label (paths relative to LIBRARY)")
+    g.add_argument("--label-from", choices=["parent"], help="label each file by its folder name")
+    g.add_argument("--label-regex", action="store_true",
+                   help="the 2017 rule: keywords kick, tom, snare, clap, hi.hat, ride, crash in the path (two matches: unlabelled)")
+
+
+def _add_output(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-o", "--output", required=True, metavar="PROJECT", help="project folder (created if missing)")
+    p.add_argument("--preset", choices=sorted(PRESETS), help="start from a preset: 'default' or 'klustr' (the 2017 settings)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="klustr", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
+        description="Turn an audio library into a zoomable 2-D map of its sounds: similar sounds land together.")
+    parser.add_argument("--version", action="version", version=f"klustr_gpu {_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("map", help="everything: scan, features, embed, render map.png", description=run_map.__doc__)
+    p.add_argument("library", metavar="LIBRARY", help="folder of audio files (searched recursively)")
+    _add_output(p)
+    _add_labels(p)
+    p.add_argument("--device", choices=DEVICES, help="where features are computed (default auto)")
+    p.add_argument("--engine", choices=ENGINES, help="reduction engine (default auto: cuml, torchdr on GPU, else cpu)")
+    p.add_argument("--method", choices=METHODS, help="reduction method (default umap)")
+    p.add_argument("--features", choices=FEATURE_SETS, help="feature set the map is made from (default mfcc)")
+    _add_common(p)
+    p.set_defaults(func=run_map)
+
+    p = sub.add_parser("scan", help="walk a library, read headers and labels -> manifest.parquet", description=run_scan.__doc__)
+    p.add_argument("library", metavar="LIBRARY")
+    _add_output(p)
+    _add_labels(p)
+    _add_common(p)
+    p.set_defaults(func=run_scan)
+
+    p = sub.add_parser("features", help="batched features -> features/<set>/", description=run_features.__doc__)
+    p.add_argument("project", metavar="PROJECT")
+    p.add_argument("--set", dest="sets", type=_csv_list(FEATURE_SETS), help=f"comma-separated feature sets ({','.join(FEATURE_SETS)})")
+    p.add_argument("--device", choices=DEVICES)
+    p.add_argument("--batch-size", type=_positive_int, metavar="N")
+    p.add_argument("--workers", type=_positive_int, metavar="N", help="decoding processes (default: from the CPU count)")
+    p.add_argument("--frames", action="store_true", help="frame mode: one point per window of long recordings")
+    p.add_argument("--window", type=_positive_float, metavar="SECONDS", help="frame mode window (default 0.5)")
+    p.add_argument("--hop", type=_positive_float, metavar="SECONDS", help="frame mode hop (default 0.25)")
+    _add_common(p)
+    p.set_defaults(func=run_features)
+
+    p = sub.add_parser("embed", help="PCA / t-SNE / UMAP -> embeddings/<name>.parquet", description=run_embed.__doc__)
+    p.add_argument("project", metavar="PROJECT")
+    p.add_argument("--method", choices=METHODS)
+    p.add_argument("--features", choices=FEATURE_SETS)
+    p.add_argument("--engine", choices=ENGINES)
+    p.add_argument("--name", help="embedding name (default FEATURES-METHOD)")
+    p.add_argument("--n-neighbors", type=_positive_int, metavar="K")
+    p.add_argument("--min-dist", type=float, metavar="D")
+    p.add_argument("--metric", help="UMAP/k-NN metric, e.g. euclidean, cosine, correlation")
+    p.add_argument("--perplexity", type=_positive_float)
+    p.add_argument("--pca-components", type=int, metavar="K", help="PCA before t-SNE/UMAP (0: none)")
+    p.add_argument("--seed", type=int)
+    _add_common(p)
+    p.set_defaults(func=run_embed)
+
+    p = sub.add_parser("score", help="map-quality scores of every embedding -> scores.json", description=run_score.__doc__)
+    p.add_argument("project", metavar="PROJECT")
+    _add_common(p)
+    p.set_defaults(func=run_score)
+
+    p = sub.add_parser("grid", help="a population of maps, scored and ranked -> report.md, grid.png", description=run_grid.__doc__)
+    p.add_argument("project", metavar="PROJECT")
+    p.add_argument("--features", type=_csv_list(FEATURE_SETS), help="feature sets to try (default: those computed)")
+    p.add_argument("--methods", type=_csv_list(METHODS), help="methods to try (default umap,tsne,pca)")
+    p.add_argument("--rank-by", choices=["knn_accuracy", "trustworthiness", "final"], default="knn_accuracy")
+    p.add_argument("--engine", choices=ENGINES, default="auto")
+    p.add_argument("--quick", action="store_true", help="a small grid (a few maps), for a first look")
+    _add_common(p)
+    p.set_defaults(func=run_grid)
+
+    p = sub.add_parser("render", help="static map.png and a standalone map.html", description=run_render.__doc__)
+    p.add_argument("project", metavar="PROJECT")
+    p.add_argument("--embedding", metavar="NAME", help="which embedding (default: the project's default)")
+    p.add_argument("--width", type=_positive_int)
+    p.add_argument("--height", type=_positive_int)
+    p.add_argument("--by", choices=["label", "cluster"])
+    _add_common(p)
+    p.set_defaults(func=run_render)
+
+    p = sub.add_parser("serve", help="the zoomable map in a browser, with playback", description=run_serve.__doc__)
+    p.add_argument("project", metavar="PROJECT")
+    p.add_argument("--port", type=int, default=5006)
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--embedding", metavar="NAME")
+    p.add_argument("--show", action="store_true", help="open a browser tab")
+    _add_common(p)
+    p.set_defaults(func=run_serve)
+
+    p = sub.add_parser("demo-corpus", help="synthesise a labelled one-shot library", description=run_demo_corpus.__doc__)
+    p.add_argument("directory", metavar="DIR")
+    p.add_argument("--n", type=_positive_int, default=2000, help="number of files (default 2000)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.add_argument("-v", "--verbose", action="store_true")
+    p.set_defaults(func=run_demo_corpus, settings=[])
+    return parser
+
+
+def _version() -> str:
+    from . import __version__
+    return __version__
+
+
+# -- helpers ---------------------------------------------------------------------------------
+def _project(path: str, *, must_exist: bool = True):
+    from .store import Project
+
+    proj = Project(path)
+    if must_exist:
+        proj.require("manifest")
+    return proj
+
+
+def _overrides(args: argparse.Namespace, mapping: dict[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = dict(args.settings)
+    for attr, key in mapping.items():
+        value = getattr(args, attr, None)
+        if value is not None and value is not False:
+            out[key] = value
+    return out
+
+
+def _configure(proj, args: argparse.Namespace, mapping: dict[str, str]):
+    from .pipeline import prepare_config
+
+    return prepare_config(proj, preset=getattr(args, "preset", None), overrides=_overrides(args, mapping))
+
+
+def _print_json(obj: Any) -> None:
+    print(json.dumps(obj, indent=2, default=str))
+
+
+# -- commands --------------------------------------------------------------------------------
+def run_map(args: argparse.Namespace) -> int:
+    """Scan LIBRARY, compute features, embed (UMAP by default) and render PROJECT/map.png."""
+    from .pipeline import format_summary, run_map as _run
+
+    lib = Path(args.library)
+    if not lib.is_dir():
+        raise UsageError(f"library folder {lib} does not exist" if not lib.exists() else f"library {lib} is not a folder")
+    if args.labels and not Path(args.labels).is_file():
+        raise UsageError(f"labels file {args.labels} does not exist")
+    proj = _project(args.output, must_exist=False).ensure()
+    overrides = _overrides(args, {"device": "features.device", "engine": "reduce.engine",
+                                  "method": "reduce.method", "features": "reduce.features"})
+    if args.features:
+        from .config import Config
+        base = Config.preset_named(args.preset or "default")
+        sets = list(dict.fromkeys([*base.features.sets, args.features]))
+        overrides["features.sets"] = sets
+    summary = _run(lib, proj, labels=args.labels, label_from=args.label_from, label_regex=args.label_regex,
+                   preset=args.preset, overrides=overrides, progress=not args.quiet)
+    print(format_summary(summary))
+    return 0
+
+
+def run_scan(args: argparse.Namespace) -> int:
+    """Walk LIBRARY recursively (wav, flac, aiff, ogg, mp3; more with FFmpeg), read headers, hash
+    and label every file, and write PROJECT/manifest.parquet. Broken files are kept as rows with
+    status 'skipped' and a reason."""
+    from .library.scan import scan
+
+    lib = Path(args.library)
+    if not lib.is_dir():
+        raise UsageError(f"library folder {lib} does not exist" if not lib.exists() else f"library {lib} is not a folder")
+    proj = _project(args.output, must_exist=False).ensure()
+    cfg = _configure(proj, args, {})
+    df = scan(lib, proj, config=cfg, labels=args.labels, label_from=args.label_from, label_regex=args.label_regex,
+              progress=not args.quiet)
+    ok = int((df.status == "ok").sum())
+    print(f"manifest: {proj.manifest_path}  ({len(df)} files, {ok} ok, {len(df) - ok} skipped, "
+          f"{int(df.label.notna().sum())} labelled)")
+    for reason, n in df[df.status != "ok"].reason.value_counts().items():
+        print(f"  skipped {n:>6}  {reason}")
+    return 0
+
+
+def run_features(args: argparse.Namespace) -> int:
+    """Compute feature sets for every ok file of PROJECT in batches (torch, CPU or CUDA) into
+    PROJECT/features/<set>/. Resumable: rerun after a crash and only unfinished shards are done."""
+    from .features import extract
+
+    proj = _project(args.project)
+    cfg = _configure(proj, args, {"sets": "features.sets", "device": "features.device", "batch_size": "features.batch_size",
+                                  "workers": "features.workers", "frames": "features.frames",
+                                  "window": "features.window", "hop": "features.hop"})
+    summary = extract(proj, cfg, progress=not args.quiet)
+    _print_json(summary)
+    return 0
+
+
+def run_embed(args: argparse.Namespace) -> int:
+    """Reduce a feature set of PROJECT to 2-D (UMAP, t-SNE or PCA) into PROJECT/embeddings/<name>.parquet."""
+    from .reduce import embed
+
+    proj = _project(args.project)
+    cfg = _configure(proj, args, {"method": "reduce.method", "features": "reduce.features", "engine": "reduce.engine",
+                                  "n_neighbors": "reduce.n_neighbors", "min_dist": "reduce.min_dist",
+                                  "metric": "reduce.metric", "perplexity": "reduce.perplexity",
+                                  "pca_components": "reduce.pca_components", "seed": "seed"})
+    name = args.name or f"{cfg.reduce.features}-{cfg.reduce.method}"
+    df = embed(proj, cfg, name=name, progress=not args.quiet)
+    print(f"embedding: {proj.embedding_path(name)}  ({len(df)} points)")
+    return 0
+
+
+def run_score(args: argparse.Namespace) -> int:
+    """Score every embedding of PROJECT (10-NN accuracy, trustworthiness, the 2017 scores) -> scores.json."""
+    from .score import score
+
+    proj = _project(args.project)
+    result = score(proj, progress=not args.quiet)
+    _print_json(result)
+    print(f"scores: {proj.path / 'scores.json'}", file=sys.stderr)
+    return 0
+
+
+def run_grid(args: argparse.Namespace) -> int:
+    """Run a population of maps (feature sets x methods x parameters), score and rank them;
+    writes scores.json, report.md and grid.png, and makes the best map the project's default."""
+    from .score import grid
+
+    proj = _project(args.project)
+    cfg = _configure(proj, args, {})
+    table = grid(proj, cfg, features=args.features, methods=args.methods, rank_by=args.rank_by,
+                 engine=args.engine, quick=args.quick, progress=not args.quiet)
+    print(table.head(10).to_string(index=False))
+    print(f"report: {proj.path / 'report.md'}\ngrid: {proj.path / 'grid.png'}")
+    return 0
+
+
+def run_render(args: argparse.Namespace) -> int:
+    """Draw PROJECT/map.png (datashader, coloured by label) and a standalone PROJECT/map.html."""
+    from .render import render
+
+    proj = _project(args.project)
+    out = render(proj, embedding=args.embedding, width=args.width, height=args.height, by=args.by,
+                 progress=not args.quiet)
+    print(f"map: {out['png']}")
+    if out.get("html"):
+        print(f"page: {out['html']}")
+    return 0
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    """Serve the zoomable map with hover, click-to-play, neighbours, filters and selection export."""
+    from .render import serve
+
+    proj = _project(args.project)
+    if not (0 < args.port < 65536):
+        raise UsageError(f"--port {args.port} is not a valid port (1-65535)")
+    serve(proj, port=args.port, host=args.host, embedding=args.embedding, show=args.show)
+    return 0
+
+
+def run_demo_corpus(args: argparse.Namespace) -> int:
+    """Synthesise a labelled one-shot drum library (kick, snare, clap, hihat, tom, ride, crash)
+    in mixed formats, rates and channel counts, with DIR/labels.csv."""
+    from .library.democorpus import demo_corpus
+
+    out = Path(args.directory)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"{out} is a file, not a folder")
+    labels = demo_corpus(out, n=args.n, seed=args.seed, progress=not args.quiet)
+    print(f"library: {out}  ({args.n} files)\nlabels: {labels}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+    logging.basicConfig(level=level, format="klustr: %(message)s")
+    try:
+        return args.func(args)
+    except UsageError as exc:
+        print(f"klustr: error: {exc}", file=sys.stderr)
+        return 2
+    except KlustrError as exc:
+        print(f"klustr: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("klustr: interrupted; finished work is kept, rerun to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

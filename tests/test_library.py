@@ -1,0 +1,190 @@
+"""Scan, labels and decode on real audio files written by the tests."""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import soundfile as sf
+
+from badfiles import make_mixed_library, tone
+from klustr_gpu import Config, Project, SkipFile, UsageError
+from klustr_gpu.library import decode, demo_corpus, file_id, label_regex, scan
+from klustr_gpu.library.labels import Labeller, read_labels_csv
+
+
+# -- labels -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("path, label", [
+    ("Kits/808/KICK_01.wav", "kick"),
+    ("a/Hi-Hat closed.wav", "hihat"),
+    ("a/hihat_open.wav", "hihat"),
+    ("a/hi_hat.wav", "hihat"),
+    ("toms/low.wav", "tom"),
+    ("Crash 18in.flac", "crash"),
+    ("snare/clap layer.wav", None),   # two classes: unlabelled
+    ("perc/shaker.wav", None),        # no class
+])
+def test_label_regex_2017_rule(path, label):
+    assert label_regex(path) == label
+
+
+def test_label_from_parent_and_csv(tmp_path):
+    lab = Labeller(from_parent=True)
+    assert lab("drums/kick/a.wav") == "kick"
+    assert lab("a.wav") is None
+    csv_path = tmp_path / "labels.csv"
+    csv_path.write_text('path,label\n./x/a.wav,kick\n"y/b, c.wav",snare\n\n', encoding="utf-8")
+    assert read_labels_csv(csv_path) == {"x/a.wav": "kick", "y/b, c.wav": "snare"}
+    with pytest.raises(UsageError, match="does not exist"):
+        Labeller(csv_path=tmp_path / "missing.csv")
+    with pytest.raises(UsageError, match="choose one"):
+        Labeller(csv_path=csv_path, regex=True)
+
+
+# -- decode -----------------------------------------------------------------------------------
+def test_decode_downmix_resample_pad_normalise(tmp_path):
+    sr = 44100
+    t = np.arange(int(sr * 0.5)) / sr
+    left = 0.4 * np.sin(2 * np.pi * 1000 * t)
+    stereo = np.stack([left, 0.5 * left], axis=1).astype(np.float32)
+    p = tmp_path / "st.wav"
+    sf.write(p, stereo, sr, subtype="FLOAT")
+    audio = Config().audio  # 22050 Hz, 1.0 s, normalise
+    x = decode(p, audio)
+    assert x.shape == (22050,) and x.dtype == np.float32
+    assert abs(np.max(np.abs(x)) - 1.0) < 1e-6            # peak-normalised
+    assert np.all(x[int(0.5 * 22050) + 50:] == 0)          # zero-padded after 0.5 s
+    spec = np.abs(np.fft.rfft(x[:11025]))
+    assert abs(np.argmax(spec) * 22050 / 11025 - 1000) < 3  # 1 kHz survives resampling
+    raw = decode(p, Config().updated({"audio.normalize": False, "audio.clip_seconds": 0.25}).audio)
+    assert raw.shape == (5512,)
+    assert abs(np.max(np.abs(raw)) - 0.3) < 0.01           # mean of 0.4 and 0.2
+
+
+def test_decode_trims_and_reads_window(tmp_path):
+    p = tmp_path / "long.flac"
+    sf.write(p, tone(48000, 3.0, 500), 48000)
+    audio = Config.preset_named("klustr").audio
+    assert decode(p, audio).shape == (12000,)
+    w = decode(p, audio, offset=1.0, seconds=0.5, strict=False)
+    assert w.shape == (24000,)
+
+
+def test_hour_long_file_is_not_read_whole(tmp_path):
+    from badfiles import write_sparse_long_wav
+
+    p = tmp_path / "hour.wav"
+    write_sparse_long_wav(p)
+    t0 = time.perf_counter()
+    x = decode(p, Config().audio)
+    assert time.perf_counter() - t0 < 2.0
+    assert x.shape == (22050,) and np.abs(x).max() > 0.5
+
+
+def test_decode_skips_with_reasons(tmp_path):
+    audio = Config().audio
+    (tmp_path / "e.wav").write_bytes(b"")
+    with pytest.raises(SkipFile, match="empty"):
+        decode(tmp_path / "e.wav", audio)
+    sf.write(tmp_path / "s.wav", np.zeros(4000, np.float32), 16000)
+    with pytest.raises(SkipFile, match="silent"):
+        decode(tmp_path / "s.wav", audio)
+    with pytest.raises(SkipFile, match="vanished"):
+        decode(tmp_path / "nope.wav", audio)
+
+
+# -- scan -------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def mixed(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mixed") / "lib"
+    expected = make_mixed_library(root)
+    proj = tmp_path_factory.mktemp("mixedproj") / "p"
+    df = scan(root, proj, label_regex=True, progress=False)
+    return root, proj, expected, df
+
+
+def test_scan_every_file_listed_once_with_header_fields(mixed):
+    root, proj, expected, df = mixed
+    assert sorted(df.path) == sorted(expected)                 # the cycle ended, no dupes
+    assert df.id.is_unique
+    assert all(df.id == df.path.map(file_id))                  # stable ids
+    row = df.set_index("path").loc["good/low_8k.wav"]
+    assert (row.sample_rate, row.channels, row.frames) == (8000, 1, 4000)
+    assert row.duration == pytest.approx(0.5)
+    hour = df.set_index("path").loc["good/hour_long.wav"]
+    assert hour.duration == pytest.approx(3600) and hour.status == "ok"
+    assert df.set_index("path").loc["good/kick 01.wav", "label"] == "kick"
+    assert len(df.set_index("path").loc["good/snare.flac", "hash"]) == 32
+
+
+def test_scan_records_header_failures(mixed):
+    root, proj, expected, df = mixed
+    by = df.set_index("path")
+    for rel in ("bad/empty.wav", "bad/text.wav", "bad/corrupt_header.wav", "bad/truncated.wav"):
+        assert by.loc[rel, "status"] == "skipped", rel
+        assert expected[rel].lower() in by.loc[rel, "reason"].lower(), (rel, by.loc[rel, "reason"])
+    m = Project(proj).read_manifest()
+    assert list(m.columns)[:3] == ["id", "path", "size"]
+
+
+def test_scan_is_stable_across_runs(mixed, tmp_path):
+    root, proj, expected, df = mixed
+    again = scan(root, tmp_path / "p2", label_regex=True, progress=False)
+    pd.testing.assert_frame_equal(df.drop(columns=["mtime"]), again.drop(columns=["mtime"]))
+
+
+def test_unreadable_file_is_skipped(tmp_path, monkeypatch):
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    sf.write(lib / "a.wav", tone(44100, 0.3), 44100)
+    sf.write(lib / "locked.wav", tone(44100, 0.3), 44100)
+    os.chmod(lib / "locked.wav", 0)
+    if os.geteuid() == 0:  # root reads anything: make the open fail as it would for a user
+        import builtins
+        real_open = builtins.open
+
+        def fake_open(file, *a, **k):
+            if str(file).endswith("locked.wav"):
+                raise PermissionError(13, "Permission denied")
+            return real_open(file, *a, **k)
+        monkeypatch.setattr(builtins, "open", fake_open)
+    df = scan(lib, tmp_path / "p", progress=False).set_index("path")
+    assert df.loc["a.wav", "status"] == "ok"
+    assert df.loc["locked.wav", "status"] == "skipped"
+    assert "permission" in df.loc["locked.wav", "reason"]
+
+
+def test_scan_errors(tmp_path):
+    with pytest.raises(UsageError, match="does not exist"):
+        scan(tmp_path / "missing", tmp_path / "p")
+    f = tmp_path / "file.txt"
+    f.write_text("x")
+    with pytest.raises(UsageError, match="not a folder"):
+        scan(f, tmp_path / "p")
+    (tmp_path / "lib").mkdir()
+    with pytest.raises(UsageError, match="inside the file"):
+        scan(tmp_path / "lib", f / "proj")
+
+
+# -- demo corpus ------------------------------------------------------------------------------
+def test_demo_corpus_is_labelled_mixed_and_real(demo_library, demo_project):
+    labels = pd.read_csv(demo_library / "labels.csv")
+    assert len(labels) == 210
+    assert set(labels.label) == {"kick", "snare", "clap", "hihat", "tom", "ride", "crash"}
+    m = Project(demo_project).read_manifest()
+    assert (m.status == "ok").all()
+    assert m.label.notna().all()
+    assert m.format.nunique() >= 4 and m.sample_rate.nunique() >= 3 and set(m.channels) == {1, 2}
+
+
+def test_demo_corpus_deterministic(tmp_path):
+    demo_corpus(tmp_path / "a", n=14, seed=3, progress=False, workers=1)
+    demo_corpus(tmp_path / "b", n=14, seed=3, progress=False, workers=1)
+    for p in sorted((tmp_path / "a").rglob("*.*")):
+        if p.suffix in (".wav", ".flac", ".aiff"):
+            a, _ = sf.read(p)
+            b, _ = sf.read(tmp_path / "b" / p.relative_to(tmp_path / "a"))
+            np.testing.assert_array_equal(a, b)
