@@ -263,9 +263,8 @@ def run_scan(args: argparse.Namespace) -> int:
 def run_features(args: argparse.Namespace) -> int:
     """Compute feature sets for every ok file of PROJECT in batches (torch, CPU or CUDA) into
     PROJECT/features/<set>/. Resumable: rerun after a crash and only unfinished shards are done."""
-    from .features import extract
-
     proj = _project(args.project)
+    from .features import extract
     cfg = _configure(proj, args, {"sets": "features.sets", "device": "features.device", "batch_size": "features.batch_size",
                                   "workers": "features.workers", "frames": "features.frames",
                                   "window": "features.window", "hop": "features.hop"})
@@ -276,9 +275,8 @@ def run_features(args: argparse.Namespace) -> int:
 
 def run_embed(args: argparse.Namespace) -> int:
     """Reduce a feature set of PROJECT to 2-D (UMAP, t-SNE or PCA) into PROJECT/embeddings/<name>.parquet."""
-    from .reduce import embed
-
     proj = _project(args.project)
+    from .reduce import embed
     cfg = _configure(proj, args, {"method": "reduce.method", "features": "reduce.features", "engine": "reduce.engine",
                                   "n_neighbors": "reduce.n_neighbors", "min_dist": "reduce.min_dist",
                                   "metric": "reduce.metric", "perplexity": "reduce.perplexity",
@@ -291,9 +289,8 @@ def run_embed(args: argparse.Namespace) -> int:
 
 def run_score(args: argparse.Namespace) -> int:
     """Score every embedding of PROJECT (10-NN accuracy, trustworthiness, the 2017 scores) -> scores.json."""
-    from .score import score
-
     proj = _project(args.project)
+    from .score import score
     result = score(proj, progress=not args.quiet)
     _print_json(result)
     print(f"scores: {proj.path / 'scores.json'}", file=sys.stderr)
@@ -303,9 +300,8 @@ def run_score(args: argparse.Namespace) -> int:
 def run_grid(args: argparse.Namespace) -> int:
     """Run a population of maps (feature sets x methods x parameters), score and rank them;
     writes scores.json, report.md and grid.png, and makes the best map the project's default."""
-    from .score import grid
-
     proj = _project(args.project)
+    from .score import grid
     cfg = _configure(proj, args, {})
     table = grid(proj, cfg, features=args.features, methods=args.methods, rank_by=args.rank_by,
                  engine=args.engine, quick=args.quick, progress=not args.quiet)
@@ -316,9 +312,8 @@ def run_grid(args: argparse.Namespace) -> int:
 
 def run_render(args: argparse.Namespace) -> int:
     """Draw PROJECT/map.png (datashader, coloured by label) and a standalone PROJECT/map.html."""
-    from .render import render
-
     proj = _project(args.project)
+    from .render import render
     out = render(proj, embedding=args.embedding, width=args.width, height=args.height, by=args.by,
                  progress=not args.quiet)
     print(f"map: {out['png']}")
@@ -329,9 +324,8 @@ def run_render(args: argparse.Namespace) -> int:
 
 def run_serve(args: argparse.Namespace) -> int:
     """Serve the zoomable map with hover, click-to-play, neighbours, filters and selection export."""
-    from .render import serve
-
     proj = _project(args.project)
+    from .render import serve
     if not (0 < args.port < 65536):
         raise UsageError(f"--port {args.port} is not a valid port (1-65535)")
     serve(proj, port=args.port, host=args.host, embedding=args.embedding, show=args.show)

@@ -1,0 +1,67 @@
+"""The ``klustr`` command: wrong usage fails at once with one line and exit code 2."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from klustr_gpu.cli import main
+
+KLUSTR = [sys.executable, "-m", "klustr_gpu.cli"]
+
+
+def run(*args, **kw):
+    return subprocess.run([*KLUSTR, *map(str, args)], capture_output=True, text=True, timeout=300, **kw)
+
+
+def test_help_lists_every_command():
+    r = run("--help")
+    assert r.returncode == 0
+    for cmd in ("map", "scan", "features", "embed", "score", "grid", "render", "serve", "demo-corpus"):
+        assert cmd in r.stdout
+    r = run("map", "--help")
+    assert r.returncode == 0 and "--labels" in r.stdout and "--preset" in r.stdout
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["scan", "{tmp}/missing", "-o", "{tmp}/p"], "does not exist"),
+    (["map", "{tmp}/missing", "-o", "{tmp}/p"], "does not exist"),
+    (["scan", "{tmp}/lib", "-o", "{tmp}/afile/p"], "inside the file"),
+    (["scan", "{tmp}/lib", "-o", "{tmp}/afile"], "is a file"),
+    (["features", "{tmp}/nowhere"], "no project folder"),
+    (["embed", "{tmp}/lib"], "no manifest"),
+    (["map", "{tmp}/lib", "-o", "{tmp}/p", "--labels", "{tmp}/nolabels.csv"], "does not exist"),
+    (["scan", "{tmp}/lib", "-o", "{tmp}/p", "-c", "audio.nope=1"], "unknown setting"),
+    (["scan", "{tmp}/lib", "-o", "{tmp}/p", "-c", "audio.sample_rate=abc"], "cannot use"),
+])
+def test_usage_errors_exit_2_with_one_line(tmp_path, capsys, argv, message):
+    (tmp_path / "lib").mkdir()
+    (tmp_path / "afile").write_text("x")
+    code = main([a.format(tmp=tmp_path) for a in argv])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert len(err.splitlines()) == 1 and message in err, err
+    assert not (tmp_path / "p" / "manifest.parquet").exists()
+
+
+@pytest.mark.parametrize("argv", [
+    ["features", "{tmp}", "--set", "mfcc,bogus"],
+    ["embed", "{tmp}", "--method", "isomap"],
+    ["embed", "{tmp}", "--engine", "quantum"],
+    ["features", "{tmp}", "--device", "tpu"],
+    ["features", "{tmp}", "--batch-size", "0"],
+    ["map", "{tmp}", "-o", "{tmp}/p", "--preset", "nope"],
+])
+def test_bad_option_values_exit_2(tmp_path, argv):
+    r = run(*[a.format(tmp=tmp_path) for a in argv])
+    assert r.returncode == 2
+    assert "error:" in r.stderr and r.stderr.count("error:") == 1
+
+
+def test_scan_command_writes_manifest_and_config(demo_library, tmp_path):
+    r = run("scan", demo_library, "-o", tmp_path / "p", "--labels", demo_library / "labels.csv", "--preset", "klustr", "-q")
+    assert r.returncode == 0, r.stderr
+    assert "210 files, 210 ok" in r.stdout
+    toml = (tmp_path / "p" / "klustr.toml").read_text()
+    assert 'preset = "klustr"' in toml and "sample_rate = 48000" in toml
