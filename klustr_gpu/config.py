@@ -124,7 +124,9 @@ class ReduceConfig:
 class RenderConfig:
     width: int = 1200
     height: int = 900
-    by: str = "label"
+    by: str = "label"                # "label" or "cluster"
+    html_max_points: int = 100_000   # map.html: above this, the raster instead of the points
+    neighbours: int = 10             # serve: neighbours listed for a clicked sample
 
 
 @dataclass
