@@ -1,0 +1,73 @@
+"""A Dask cluster from ``--cluster``: ``local:N``, ``cuda`` or a scheduler address.
+
+``local:N``
+    a ``distributed.LocalCluster`` with N single-threaded worker processes on this machine;
+``cuda``
+    ``dask_cuda.LocalCUDACluster``: one worker per visible GPU (needs the ``gpu`` extra);
+``tcp://HOST:PORT`` (or ``tls://``)
+    an existing scheduler; its workers must have klustr_gpu installed and see the library and
+    the project folder at the same paths (a shared file system, or an fsspec URL).
+
+Scripts that start a LocalCluster need the ``if __name__ == "__main__":`` guard (the ``klustr``
+command has it).
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+from typing import Iterator
+
+from .errors import EngineUnavailable, UsageError
+
+log = logging.getLogger(__name__)
+
+_LOCAL = re.compile(r"^local(?::(\d+))?$")
+
+
+def parse(spec: str) -> tuple[str, int | str | None]:
+    """``"local:4"`` -> ("local", 4); ``"cuda"`` -> ("cuda", None); ``"tcp://h:8786"`` -> ("address", ...)."""
+    spec = spec.strip()
+    m = _LOCAL.match(spec)
+    if m:
+        n = int(m.group(1) or 0) or None
+        if n is not None and n < 1:
+            raise UsageError(f"--cluster {spec!r}: need at least one worker")
+        return "local", n
+    if spec == "cuda":
+        return "cuda", None
+    if re.match(r"^(tcp|tls|ucx|inproc)://[^\s/:]+(:\d+)?/?$", spec):
+        return "address", spec
+    raise UsageError(f"--cluster {spec!r}: expected local:N, cuda, or a scheduler address like tcp://host:8786")
+
+
+@contextlib.contextmanager
+def client(spec: str | None) -> Iterator["object | None"]:
+    """Yield a ``distributed.Client`` for ``spec`` (None: no cluster, yields None)."""
+    if not spec:
+        yield None
+        return
+    kind, arg = parse(spec)
+    from distributed import Client, LocalCluster
+
+    if kind == "local":
+        import os
+
+        n = arg or max(1, (os.cpu_count() or 2))
+        cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None)
+    elif kind == "cuda":
+        try:
+            from dask_cuda import LocalCUDACluster
+        except ImportError:
+            raise EngineUnavailable("--cluster cuda needs dask-cuda: pip install 'klustr_gpu[gpu]'") from None
+        cluster = LocalCUDACluster()
+    else:
+        cluster = None
+    c = Client(cluster if cluster is not None else arg)
+    log.info("dask: %s (%d workers)", spec, len(c.scheduler_info().get("workers", {})))
+    try:
+        yield c
+    finally:
+        c.close()
+        if cluster is not None:
+            cluster.close()
