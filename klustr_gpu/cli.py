@@ -171,6 +171,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
     p.set_defaults(func=run_serve)
 
+    p = sub.add_parser("doctor", help="check a project folder and say how to repair it", description=run_doctor.__doc__)
+    p.add_argument("project", metavar="PROJECT")
+    p.add_argument("--fix", action="store_true", help="remove leftovers of interrupted writes")
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.add_argument("-v", "--verbose", action="store_true")
+    p.set_defaults(func=run_doctor, settings=[])
+
     p = sub.add_parser("demo-corpus", help="synthesise a labelled one-shot library", description=run_demo_corpus.__doc__)
     p.add_argument("directory", metavar="DIR")
     p.add_argument("--n", type=_positive_int, default=2000, help="number of files (default 2000)")
@@ -330,6 +337,18 @@ def run_serve(args: argparse.Namespace) -> int:
         raise UsageError(f"--port {args.port} is not a valid port (1-65535)")
     serve(proj, port=args.port, host=args.host, embedding=args.embedding, show=args.show)
     return 0
+
+
+def run_doctor(args: argparse.Namespace) -> int:
+    """Check PROJECT: config, manifest vs the audio on disk, features and embeddings vs the
+    manifest, leftovers of interrupted runs. Exit 0 when healthy, 1 when something needs repair."""
+    from .doctor import check, healthy
+
+    findings = check(args.project, fix=args.fix)
+    for f in findings:
+        if not (args.quiet and f.level == "ok"):
+            print(f.line())
+    return 0 if healthy(findings) else 1
 
 
 def run_demo_corpus(args: argparse.Namespace) -> int:

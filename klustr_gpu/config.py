@@ -115,9 +115,12 @@ class ReduceConfig:
     min_dist: float = 0.1
     metric: str = "euclidean"
     perplexity: float = 30.0
-    tsne_iterations: int = 750
+    tsne_iterations: int = 500      # early exaggeration (a quarter, <= 250) included
     sample_threshold: int = 200_000  # above: fit on a sample, transform the rest
     sample_size: int = 100_000
+    umap_epochs: int = 0             # 0 = auto (200)
+    transform_batch: int = 100_000   # rows per batch when placing points beyond the sample
+    cache_neighbours: bool = True    # keep k-NN graphs in PROJECT/neighbours/ for reuse
 
 
 @dataclass
@@ -127,6 +130,21 @@ class RenderConfig:
     by: str = "label"                # "label" or "cluster"
     html_max_points: int = 100_000   # map.html: above this, the raster instead of the points
     neighbours: int = 10             # serve: neighbours listed for a clicked sample
+
+
+@dataclass
+class ScoreConfig:
+    """Map-quality scores (``klustr score``) and the population of maps (``klustr grid``)."""
+
+    k: int = 10                      # neighbours for k-NN accuracy, trustworthiness, preservation
+    sample: int = 10000              # points scored on maps larger than this (fixed random sample)
+    rank_by: str = "knn_accuracy"    # "knn_accuracy", "trustworthiness" or "final" (the 2017 score)
+    methods: list[str] = field(default_factory=lambda: ["umap", "tsne", "pca"])
+    perplexities: list[float] = field(default_factory=lambda: [5.0, 30.0, 50.0, 100.0])
+    n_neighbors: list[int] = field(default_factory=lambda: [5, 15, 30, 50])
+    min_dists: list[float] = field(default_factory=lambda: [0.0, 0.01, 0.1, 0.5])
+    tsne_iterations: int = 1000      # grid t-SNE: enough to converge at every perplexity
+
 
 
 @dataclass
@@ -142,6 +160,7 @@ class Config:
     mel: MelConfig = field(default_factory=MelConfig)
     reduce: ReduceConfig = field(default_factory=ReduceConfig)
     render: RenderConfig = field(default_factory=RenderConfig)
+    score: ScoreConfig = field(default_factory=ScoreConfig)
 
     # -- construction -------------------------------------------------------------------
     @classmethod

@@ -94,8 +94,8 @@ def read_parquet_metadata(path: str | Path) -> dict[str, Any]:
 class Project:
     """A project folder. Cheap to construct; nothing is created until written."""
 
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
+    def __init__(self, path: "str | Path | Project"):
+        self.path = Path(path.path if isinstance(path, Project) else path)
 
     def __repr__(self) -> str:
         return f"Project({str(self.path)!r})"

@@ -1,0 +1,84 @@
+"""Rendering: ``map.png`` / ``map.html`` (datashader), the HoloViews plot, the Panel app.
+
+Four functions::
+
+    render(project)      -> {"png", "html", "n_points", "seconds"}   writes PROJECT/map.png (+ map.html)
+    plot(project)        -> a HoloViews DynamicMap, datashaded on every zoom (notebooks)
+    make_app(project)    -> the Panel app (map, hover, click-to-play, neighbours, filters, export)
+    serve(project)       -> serves the app on 127.0.0.1:5006 with the audio route; blocks
+
+HoloViews and Panel are imported only by the functions that need them.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from ..store import Project
+
+__all__ = ["render", "plot", "make_app", "serve"]
+
+log = logging.getLogger(__name__)
+
+
+def _project(project) -> Project:
+    return project if isinstance(project, Project) else Project(project)
+
+
+def render(project, *, embedding: str | None = None, width: int | None = None, height: int | None = None,
+           by: str | None = None, html: bool = True, progress: bool = True) -> dict:
+    """Write ``PROJECT/map.png`` (and ``PROJECT/map.html``) for one embedding (default: the project's).
+
+    ``width`` / ``height`` / ``by`` default to the project's ``[render]`` settings; ``by`` is
+    ``"label"`` or ``"cluster"``. Returns ``{"png": Path, "html": Path | None, "n_points": int,
+    "seconds": float}``.
+    """
+    from tqdm.auto import tqdm
+
+    from .data import load_map
+    from .static import render_html, render_png
+
+    t0 = time.perf_counter()
+    proj = _project(project)
+    cfg = proj.load_config().render
+    w, h = int(width or cfg.width), int(height or cfg.height)
+    if w < 64 or h < 64:
+        from ..errors import UsageError
+        raise UsageError(f"map size {w}x{h} is too small; use at least 64x64 pixels")
+    steps = ["load", "map.png"] + (["map.html"] if html else [])
+    with tqdm(total=len(steps), desc="render", unit=" step", disable=not progress, leave=False) as bar:
+        data = load_map(proj, embedding=embedding, by=by or cfg.by)
+        bar.update()
+        png = render_png(data, proj.path / "map.png", width=w, height=h)
+        bar.update()
+        page = None
+        if html:
+            page = render_html(data, proj, proj.path / "map.html", png=png, max_points=cfg.html_max_points)
+            bar.update()
+    seconds = time.perf_counter() - t0
+    log.info("render: %d points -> %s in %.2f s", data.n, png, seconds)
+    return {"png": Path(png), "html": Path(page) if page else None, "n_points": int(data.n), "seconds": seconds}
+
+
+def plot(project, *, embedding: str | None = None, by: str = "label", dynamic: bool = True):
+    """A HoloViews object of the map, datashaded (re-rasterised on zoom when ``dynamic``)."""
+    from .data import load_map
+    from .views import map_plot
+
+    return map_plot(load_map(_project(project), embedding=embedding, by=by), dynamic=dynamic)
+
+
+def make_app(project, *, embedding: str | None = None):
+    """The Panel app for one project (a ``pn.viewable.Viewable``)."""
+    from .app import MapApp
+
+    return MapApp.from_project(_project(project), embedding=embedding).layout
+
+
+def serve(project, *, port: int = 5006, host: str = "127.0.0.1", embedding: str | None = None,
+          show: bool = False) -> None:
+    """Serve the app at ``http://HOST:PORT/`` with the ``/audio/<id>`` route; blocks until stopped."""
+    from .app import serve as _serve
+
+    _serve(_project(project), port=port, host=host, embedding=embedding, show=show)

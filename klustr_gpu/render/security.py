@@ -1,0 +1,186 @@
+"""What the server exposes, and nothing more.
+
+* The audio route ``/audio/<id>`` serves only files listed in the manifest with ``status="ok"``,
+  looked up by their 16-hex-digit id; no part of the request is ever used as a path. Anything
+  else (unknown, malformed, encoded traversal) is a 404.
+* Names (file names, labels, paths) are escaped wherever they enter HTML: :func:`esc`.
+* The server binds 127.0.0.1 unless told otherwise: :func:`is_loopback`.
+"""
+from __future__ import annotations
+
+import functools
+import html
+import io
+import ipaddress
+import logging
+import mimetypes
+import re
+from pathlib import Path
+
+from tornado import httputil
+from tornado.web import HTTPError, StaticFileHandler
+
+from ..store import Project
+
+log = logging.getLogger(__name__)
+
+ID_RE = re.compile(r"[0-9a-f]{16}")
+AUDIO_TYPES = {
+    ".wav": "audio/wav", ".flac": "audio/flac", ".aif": "audio/aiff", ".aiff": "audio/aiff",
+    ".ogg": "audio/ogg", ".oga": "audio/ogg", ".opus": "audio/ogg", ".mp3": "audio/mpeg",
+    ".m4a": "audio/mp4", ".aac": "audio/aac", ".mp4": "audio/mp4", ".webm": "audio/webm",
+    ".wma": "audio/x-ms-wma",
+}
+
+
+def esc(text) -> str:
+    """``text`` made safe for HTML text and quoted attributes."""
+    return html.escape("" if text is None else str(text), quote=True)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+# Browsers (Chromium, Firefox) cannot play these; the route serves them as 16-bit WAV instead.
+TRANSCODE = {".aif", ".aiff"}
+TRANSCODE_MAX_BYTES = 256 * 1024 * 1024
+
+
+@functools.lru_cache(maxsize=32)
+def _wav_bytes(path: str, mtime_ns: int) -> bytes:
+    import soundfile as sf
+
+    data, sr = sf.read(path, dtype="int16", always_2d=True)
+    buf = io.BytesIO()
+    sf.write(buf, data, sr, format="WAV", subtype="PCM_16")
+    return buf.getvalue()
+
+
+def browser_wav(path: Path) -> bytes | None:
+    """``path`` decoded to WAV bytes when browsers cannot play its format (and it is not huge)."""
+    if path.suffix.lower() not in TRANSCODE:
+        return None
+    st = path.stat()
+    if st.st_size > TRANSCODE_MAX_BYTES:
+        return None
+    try:
+        return _wav_bytes(str(path), st.st_mtime_ns)
+    except (RuntimeError, OSError, ValueError) as exc:  # soundfile's LibsndfileError is a RuntimeError
+        log.warning("audio: cannot transcode %s: %s", path, exc)
+        return None
+
+
+def audio_type(path: str | Path) -> str:
+    ext = Path(path).suffix.lower()
+    return AUDIO_TYPES.get(ext) or mimetypes.guess_type(str(path))[0] or "application/octet-stream"
+
+
+class AudioIndex:
+    """id → absolute path of every ``ok`` file of the manifest; a closed list, built once."""
+
+    def __init__(self, paths: dict[str, Path]):
+        self._paths = dict(paths)
+
+    @classmethod
+    def from_project(cls, project: Project) -> "AudioIndex":
+        man = project.read_manifest()
+        man = man[man["status"] == "ok"]
+        root = project.library_root
+        return cls({str(i): root / str(p) for i, p in zip(man["id"], man["path"])})
+
+    def __len__(self) -> int:
+        return len(self._paths)
+
+    def __contains__(self, file_id: object) -> bool:
+        return self.lookup(file_id) is not None
+
+    def lookup(self, file_id: object) -> Path | None:
+        """The file of ``file_id``, or ``None`` for anything malformed or unknown."""
+        if not isinstance(file_id, str) or not ID_RE.fullmatch(file_id):
+            return None
+        return self._paths.get(file_id)
+
+
+def audio_url(file_id: str, start: float = 0.0) -> str:
+    """The app's URL of a file (a media fragment ``#t=START`` for frame points)."""
+    if not ID_RE.fullmatch(str(file_id)):
+        raise ValueError(f"not a file id: {file_id!r}")
+    return f"/audio/{file_id}" + (f"#t={float(start):.3f}" if start and start > 0 else "")
+
+
+class AudioHandler(StaticFileHandler):
+    """``GET /audio/<id>``: the manifest file of that id, with Range support; else 404.
+
+    Route it as ``(r"/audio/([^/]*)", AudioHandler, {"index": AudioIndex})``.
+    """
+
+    def initialize(self, index: AudioIndex) -> None:  # type: ignore[override]
+        super().initialize(path="/")
+        self._index = index
+        self._file: Path | None = None
+        self._in_memory = False
+
+    async def get(self, file_id: str, include_body: bool = True) -> None:  # type: ignore[override]
+        path = self._index.lookup(file_id)
+        if path is None or not path.is_file():
+            raise HTTPError(404)
+        self._file = path
+        wav = browser_wav(path)
+        if wav is not None:
+            self._in_memory = True
+            self._send_bytes(wav, "audio/wav", include_body)
+            return
+        await super().get(file_id, include_body=include_body)
+
+    def _send_bytes(self, body: bytes, content_type: str, include_body: bool) -> None:
+        """A small in-memory response with single-range support (what media elements ask for)."""
+        self.set_header("Content-Type", content_type)
+        self.set_header("Accept-Ranges", "bytes")
+        self.set_extra_headers("")
+        start, end = 0, len(body)
+        rng = self.request.headers.get("Range")
+        parsed = httputil._parse_request_range(rng) if rng else None
+        if parsed is not None:
+            a, b = parsed
+            a = 0 if a is None else (max(0, len(body) + a) if a < 0 else a)
+            b = len(body) if b is None else min(b, len(body))
+            if a >= len(body) or a >= b:
+                self.set_status(416)
+                self.set_header("Content-Range", f"bytes */{len(body)}")
+                return
+            start, end = a, b
+            self.set_status(206)
+            self.set_header("Content-Range", httputil._get_content_range(start, end, len(body)))
+        self.set_header("Content-Length", end - start)
+        if include_body:
+            self.write(body[start:end])
+
+    def get_absolute_path(self, root: str, path: str) -> str:  # type: ignore[override]
+        if self._file is None:  # never reached: get() resolves the file first
+            raise HTTPError(404)
+        return str(self._file)
+
+    def validate_absolute_path(self, root: str, absolute_path: str) -> str | None:  # type: ignore[override]
+        if self._file is None or absolute_path != str(self._file) or not Path(absolute_path).is_file():
+            raise HTTPError(404)
+        return absolute_path
+
+    def compute_etag(self) -> str | None:
+        return None if self._in_memory else super().compute_etag()
+
+    def get_content_type(self) -> str:
+        return audio_type(self._file or "")
+
+    def set_extra_headers(self, path: str) -> None:
+        self.set_header("X-Content-Type-Options", "nosniff")
+        self.set_header("Cache-Control", "private, max-age=3600")
+
+    def write_error(self, status_code: int, **kwargs) -> None:
+        self.set_header("Content-Type", "text/plain; charset=utf-8")
+        self.finish(f"{status_code}\n")

@@ -1,0 +1,362 @@
+"""map.png, map.html, the HoloViews plot and the app's logic (no server, no browser)."""
+from __future__ import annotations
+
+import csv
+import html
+import io
+import json
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from klustr_gpu.errors import UsageError
+from klustr_gpu.store import Project
+
+XSS_LABEL = "</script><script>alert('label')</script>"
+XSS_NAME = "<img src=x onerror=alert(1)>.wav"
+
+
+def write_fake_embedding(proj: Path, name: str = "fake", *, frames: int = 0, seed: int = 0,
+                         cluster: bool = False) -> pd.DataFrame:
+    """A fake 2-D embedding: one Gaussian blob per label on a circle (so classes form groups).
+    ``frames`` > 0: that many frame points per file, ids ``file_id:i``, start ``i * 0.25`` s."""
+    p = Project(proj)
+    man = p.read_manifest()
+    man = man[man["status"] == "ok"].reset_index(drop=True)
+    rng = np.random.default_rng(seed)
+    labels = sorted(man["label"].dropna().unique())
+    angle = {lab: 2 * np.pi * i / max(1, len(labels)) for i, lab in enumerate(labels)}
+    reps = max(1, frames)
+    fid = np.repeat(man["id"].to_numpy(), reps)
+    lab = np.repeat(man["label"].to_numpy(), reps)
+    cx = np.array([5 * np.cos(angle[v]) if v in angle else 0.0 for v in lab])
+    cy = np.array([5 * np.sin(angle[v]) if v in angle else 0.0 for v in lab])
+    idx = np.tile(np.arange(reps), len(man))
+    df = pd.DataFrame({
+        "id": [f"{f}:{i}" for f, i in zip(fid, idx)] if frames else fid,
+        "file_id": fid,
+        "start": idx * 0.25 if frames else np.zeros(len(fid)),
+        "x": cx + rng.normal(0, 0.8, len(fid)),
+        "y": cy + rng.normal(0, 0.8, len(fid)),
+        "label": lab,
+    })
+    if cluster:
+        df["cluster"] = [list(angle).index(v) if v in angle else -1 for v in lab]
+    p.write_embedding(name, df, {"method": "fake", "seed": seed})
+    return df
+
+
+@pytest.fixture(scope="module")
+def project(demo_project, tmp_path_factory) -> Path:
+    dst = tmp_path_factory.mktemp("render") / "project"
+    shutil.copytree(demo_project, dst)
+    write_fake_embedding(dst, cluster=True)
+    return dst
+
+
+@pytest.fixture(scope="module")
+def xss_project(demo_library, tmp_path_factory) -> Path:
+    """A small library with a file name and a label that are HTML/script injections."""
+    from klustr_gpu.library import scan
+
+    base = tmp_path_factory.mktemp("xss")
+    lib = base / "library"
+    lib.mkdir()
+    srcs = sorted(p for p in demo_library.rglob("*.wav"))[:12]
+    rows = []
+    for i, src in enumerate(srcs):
+        name = XSS_NAME if i == 0 else src.name
+        shutil.copy(src, lib / name)
+        rows.append((name, XSS_LABEL if i < 4 else src.parent.name))
+    with open(lib / "labels.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["path", "label"])
+        w.writerows(rows)
+    proj = base / "project"
+    scan(lib, proj, labels=lib / "labels.csv", progress=False)
+    write_fake_embedding(proj)
+    return proj
+
+
+# -- data ------------------------------------------------------------------------------------
+
+def test_load_map_joins_manifest_and_colours(project):
+    from klustr_gpu.render.data import GREY, UNLABELLED, load_map
+
+    data = load_map(project)
+    assert data.n == 210 and data.by == "label"
+    assert list(data.color_key) == sorted(data.color_key)           # 7 classes, no unlabelled
+    assert len(set(data.color_key.values())) == 7 and GREY not in data.color_key.values()
+    assert set(data.points.columns) >= {"x", "y", "id", "file_id", "start", "name", "label", "duration"}
+    assert data.points["name"].astype(str).str.endswith((".wav", ".flac", ".aiff", ".ogg")).all()
+    assert UNLABELLED not in data.color_key
+
+
+def test_categories_unlabelled_grey_and_natural_order():
+    from klustr_gpu.render.data import GREY, UNLABELLED, categories
+
+    cat, key = categories(pd.Series(["10", None, "2", "", "1", np.nan]))
+    assert list(cat.categories) == ["1", "2", "10", UNLABELLED]
+    assert key[UNLABELLED] == GREY and list(cat).count(UNLABELLED) == 3
+
+
+def test_load_map_by_cluster_and_errors(project, tmp_path):
+    from klustr_gpu.render.data import load_map
+
+    data = load_map(project, by="cluster")
+    assert list(data.color_key) == [str(i) for i in range(7)]
+    with pytest.raises(UsageError, match="choose one of"):
+        load_map(project, by="colour")
+    with pytest.raises(UsageError, match="no embedding 'nope'"):
+        load_map(project, embedding="nope")
+    with pytest.raises(UsageError, match="no manifest|no project"):
+        load_map(tmp_path / "missing")
+
+
+def test_points_of_skipped_files_are_dropped(project, tmp_path):
+    from klustr_gpu.render.data import load_map
+
+    dst = tmp_path / "p"
+    shutil.copytree(project, dst)
+    p = Project(dst)
+    victim = p.read_manifest()["id"].iloc[0]
+    p.mark_skipped({victim: "broken"})
+    data = load_map(dst)
+    assert data.n == 209 and victim not in set(data.points["file_id"])
+
+
+# -- map.png -----------------------------------------------------------------------------------
+
+def _rgb(hexcol: str) -> tuple[int, int, int]:
+    return tuple(int(hexcol[i:i + 2], 16) for i in (1, 3, 5))
+
+
+def test_render_png_shows_every_class_as_a_group(project):
+    from PIL import Image
+
+    from klustr_gpu.render import render
+    from klustr_gpu.render.data import load_map
+
+    out = render(project, width=600, height=450, progress=False)
+    assert out["png"] == project / "map.png" and out["html"] == project / "map.html"
+    assert out["n_points"] == 210 and out["seconds"] > 0
+    img = np.asarray(Image.open(out["png"]).convert("RGB")).astype(int)
+    assert img.shape == (450, 600, 3)
+    key = load_map(project).color_key
+    legend_x = 600 - 150 - 1                                    # the legend strip is >= 150 px wide
+    centroids = {}
+    for name, colour in key.items():
+        dist = np.abs(img[:, :legend_x] - np.array(_rgb(colour))).sum(axis=2)
+        ys, xs = np.nonzero(dist < 40)                          # pixels of (nearly) this colour
+        assert len(xs) > 20, f"class {name} not drawn"
+        centroids[name] = (xs.mean(), ys.mean())
+    pts = np.array(list(centroids.values()))
+    gaps = np.linalg.norm(pts[:, None] - pts[None], axis=2) + np.eye(len(pts)) * 1e9
+    assert gaps.min() > 40                                      # each class is its own group
+
+
+def test_render_html_escapes_names(xss_project):
+    from klustr_gpu.render import render
+
+    out = render(xss_project, width=300, height=200, progress=False)
+    page = out["html"].read_text(encoding="utf-8")
+    assert "<script>alert" not in page and "<img src=x" not in page
+    assert html.escape(XSS_LABEL) in page                       # legend: escaped text
+    data = json.loads(re.search(r'<script type="application/json" id="data">(.*?)</script>', page, re.S).group(1))
+    assert XSS_NAME in data["files"]["name"] and XSS_LABEL in data["files"]["label"]
+    url = data["files"]["url"][data["files"]["name"].index(XSS_NAME)]
+    assert "<" not in url and url.endswith("%3Cimg%20src%3Dx%20onerror%3Dalert%281%29%3E.wav")
+    lib = Project(xss_project).library_root
+    assert (xss_project / __import__("urllib.parse").parse.unquote(url)).resolve() == (lib / XSS_NAME).resolve()
+
+
+def test_render_html_points_and_raster_modes(project, tmp_path):
+    from klustr_gpu.config import Config
+    from klustr_gpu.render import render
+
+    dst = tmp_path / "p"
+    shutil.copytree(project, dst)
+    write_fake_embedding(dst, "frames", frames=3)
+    out = render(dst, embedding="frames", width=300, height=200, progress=False)
+    page = out["html"].read_text(encoding="utf-8")
+    data = json.loads(re.search(r'id="data">(.*?)</script>', page, re.S).group(1))
+    assert data["n"] == 630 and len(data["x"]) == 630 and len(data["files"]["name"]) == 210
+    assert sorted(set(data["t"])) == [0.0, 0.25, 0.5]
+    assert "http" not in "".join(data["files"]["url"])           # relative paths only
+    Project(dst).write_config(Config().updated({"render.html_max_points": 100}))
+    out = render(dst, embedding="frames", width=300, height=200, progress=False)
+    page = out["html"].read_text(encoding="utf-8")
+    assert 'id="data"' not in page and "data:image/png;base64," in page and "630 points" in page
+    assert render(dst, html=False, width=300, height=200, progress=False)["html"] is None
+
+
+def test_render_rejects_tiny_sizes(project):
+    from klustr_gpu.render import render
+
+    with pytest.raises(UsageError, match="too small"):
+        render(project, width=10, height=10, progress=False)
+
+
+# -- the HoloViews plot ------------------------------------------------------------------------
+
+def test_plot_is_a_datashaded_dynamic_map(project):
+    import klustr_gpu.render
+    import klustr_gpu.render.app  # noqa: F401  (importing submodules must not shadow the API)
+
+    import holoviews as hv
+    import holoviews.plotting.bokeh  # noqa: F401
+    from bokeh.models import HoverTool
+
+    from klustr_gpu.render import plot
+
+    assert callable(klustr_gpu.render.plot)
+    obj = plot(project)
+    assert isinstance(obj, hv.DynamicMap)
+    fig = hv.render(obj, backend="bokeh")
+    assert any(type(r.glyph).__name__ == "ImageRGBA" for r in fig.renderers)
+    assert any(isinstance(t, HoverTool) for t in fig.tools)
+    rgb = obj[()]                                               # one rasterisation of the full range
+    assert isinstance(rgb, hv.RGB) and {"name", "label", "duration"} <= set(rgb.data.data_vars)
+
+
+# -- the app's logic -----------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def app(project):
+    from klustr_gpu.render.app import MapApp
+
+    return MapApp.from_project(Project(project))
+
+
+def test_click_plays_nearest_point_and_lists_neighbours(app):
+    pts = app.data.points
+    i = 17
+    app._on_tap(x=float(pts["x"][i]) + 1e-4, y=float(pts["y"][i]))
+    assert app.selected == i
+    assert f'src="/audio/{pts["file_id"][i]}"' in app.player.object and "autoplay" in app.player.object
+    assert html.escape(str(pts["name"][i])) in app.now.object
+    assert app.neighbours.object.count("<audio ") == app.k
+    d = np.hypot(pts["x"] - pts["x"][i], pts["y"] - pts["y"][i]).to_numpy()
+    expected = np.argsort(d, kind="stable")[1:app.k + 1]
+    listed = re.findall(r'src="/audio/([0-9a-f]{16})"', app.neighbours.object)
+    assert listed == list(pts["file_id"].to_numpy()[expected])
+
+
+def test_filters_by_label_and_name(app):
+    try:
+        app.w_labels.value = ["kick", "snare"]
+        app.dmap[()]                                            # evaluate the DynamicMap
+        assert app.mask.sum() == 60 and "showing 60 of 210" in app.status.object
+        app.w_text.value = "KICK_0000"
+        app.dmap[()]
+        names = app.data.points["name"][app.mask].astype(str)
+        assert len(names) and names.str.lower().str.contains("kick_0000").all()
+        far = app.nearest(0.0, 0.0, 1)[0]                       # a click finds only visible points
+        assert app.mask[far]
+    finally:
+        app.w_labels.value, app.w_text.value = [], ""
+        app.dmap[()]
+    assert app.mask is None
+
+
+def test_box_and_lasso_selection_and_exports(app, tmp_path):
+    app._on_box(bounds=(-20, -20, 20, 0))                       # lower half
+    sel = app.selected_points()
+    assert 0 < len(sel) < 210 and (sel["y"] <= 0).all()
+    assert f"{len(sel)} selected" in app.status.object
+    rows = list(csv.DictReader(io.StringIO(app._csv().getvalue())))
+    assert len(rows) == len(sel) and {"id", "path", "label", "x", "y"} <= set(rows[0])
+    m3u = app._m3u().getvalue().splitlines()
+    assert m3u[0] == "#EXTM3U" and sum(1 for line in m3u if line.startswith("#EXTINF")) == len(sel)
+    assert all(Path(line).is_file() for line in m3u if not line.startswith("#"))
+    app._on_lasso(geometry=np.array([[-20, 0], [20, 0], [20, 20], [-20, 20]]))   # upper half
+    sel2 = app.selected_points()
+    assert len(sel2) and (sel2["y"] >= 0).all() and len(sel) + len(sel2) == 210
+    app.w_folder.value = str(tmp_path / "out")
+    app._on_copy()
+    copied = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert len(copied) == len(sel2) and f"Copied {len(sel2)} files" in app.export_msg.object
+
+
+def test_copy_is_confined_when_serving_to_the_network(project, tmp_path):
+    from klustr_gpu.render.export import copy_selection
+    from klustr_gpu.render.security import AudioIndex
+
+    index = AudioIndex.from_project(Project(project))
+    pts = pd.DataFrame({"file_id": [next(iter(index._paths))]})
+    with pytest.raises(UsageError, match="must be inside"):
+        copy_selection(pts, index, tmp_path / "elsewhere", allowed_root=tmp_path / "exports")
+    with pytest.raises(UsageError, match="must be inside"):
+        copy_selection(pts, index, "../../escape", allowed_root=tmp_path / "exports")
+    n, folder = copy_selection(pts, index, "mine", allowed_root=tmp_path / "exports")
+    assert n == 1 and folder == (tmp_path / "exports" / "mine").resolve()
+
+
+def test_frame_points_play_from_their_start(project, tmp_path):
+    from klustr_gpu.render.app import MapApp
+
+    dst = tmp_path / "p"
+    shutil.copytree(project, dst)
+    write_fake_embedding(dst, "frames", frames=4)
+    app = MapApp.from_project(Project(dst), embedding="frames")
+    pts = app.data.points
+    i = int(np.flatnonzero(pts["start"].to_numpy() == 0.75)[0])
+    app.play(i)
+    assert f'src="/audio/{pts["file_id"][i]}#t=0.750"' in app.player.object
+    assert f'data-id="{pts["id"][i]}"' in app.player.object
+
+
+def test_app_escapes_names(xss_project):
+    from klustr_gpu.render.app import MapApp
+
+    app = MapApp.from_project(Project(xss_project))
+    i = int(np.flatnonzero(app.data.points["name"].astype(str) == XSS_NAME)[0])
+    app.play(i)
+    for text in (app.now.object, app.neighbours.object, app._legend_html()):
+        assert "<script" not in text and "<img" not in text
+    assert html.escape(XSS_NAME) in app.now.object
+    assert html.escape(XSS_LABEL) in app._legend_html()
+
+
+def test_click_far_from_every_point_plays_nothing(app):
+    before = app.player.object
+    try:
+        app.range.event(x_range=(-200.0, 200.0), y_range=(-200.0, 200.0))
+        assert app.tap_tolerance() == pytest.approx(12.0)
+        app._on_tap(x=150.0, y=150.0)
+        assert app.player.object == before and "No sample there" in app.now.object
+    finally:
+        app.range.event(x_range=None, y_range=None)
+    assert app.tap_tolerance() is None
+
+
+def test_plot_of_many_points_uses_the_fast_raster(project, monkeypatch):
+    import holoviews as hv
+
+    import klustr_gpu.render.views as views
+    from klustr_gpu.render import plot
+
+    monkeypatch.setattr(views, "FAST_ABOVE", 100)
+    obj = plot(project)
+    rgb = obj[()]
+    assert isinstance(rgb, hv.RGB) and rgb.dimension_values(2, flat=False).shape == (680, 900)
+    fig = hv.render(obj, backend="bokeh")
+    assert any(type(r.glyph).__name__ == "ImageRGBA" for r in fig.renderers)
+
+
+def test_make_app_and_cluster_colouring(project):
+    import panel as pn
+    from PIL import Image
+
+    from klustr_gpu.render import make_app, render
+    from klustr_gpu.render.data import load_map
+
+    assert isinstance(make_app(project), pn.Row)
+    out = render(project, by="cluster", html=False, width=400, height=300, progress=False)
+    img = np.asarray(Image.open(out["png"]).convert("RGB")).astype(int)
+    for colour in load_map(project, by="cluster").color_key.values():
+        assert (np.abs(img - np.array(_rgb(colour))).sum(axis=2) < 40).sum() > 10
