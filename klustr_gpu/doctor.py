@@ -28,8 +28,32 @@ class Finding:
         return f"{mark} {self.what}" + (f"\n      fix: {self.fix}" if self.fix else "")
 
 
+#: names left by writes a killed run never finished: ours (store.atomic_path: ``.NAME.XXXX.tmp``)
+#: and zarr's chunk writes (``CHUNK.<uuid>.partial``)
+LEFTOVER_GLOBS = ("*.tmp", "*.partial")
+
+
 def _tmp_leftovers(root: Path) -> list[Path]:
-    return [p for p in root.rglob(".*.tmp")] + [p for p in root.rglob("*.tmp") if not p.name.startswith(".")]
+    found: dict[Path, None] = {}
+    for pattern in LEFTOVER_GLOBS:
+        for p in root.rglob(pattern):
+            if p.is_file() and not p.is_symlink():
+                found[p] = None
+    return sorted(found)
+
+
+def _lock_holder(lock: Path) -> str | None:
+    """Who holds the project's lock (its note), or None when nobody does."""
+    if not lock.exists():
+        return None
+    with open(lock, "a+") as fh:
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            return fh.read().strip() or "unknown process"
+        fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+    return None
 
 
 def check(project: str | Path | Project, *, fix: bool = False, max_missing_listed: int = 5) -> list[Finding]:
@@ -45,25 +69,17 @@ def check(project: str | Path | Project, *, fix: bool = False, max_missing_liste
         try:
             Config.load(proj.config_path)
             out.append(Finding("ok", "klustr.toml is readable"))
-        except (KlustrError, ValueError) as exc:
+        except Exception as exc:  # noqa: BLE001 - a damaged file can fail in many ways; report, never crash
             out.append(Finding("error", f"klustr.toml cannot be read: {exc}",
                                f"fix the file, or delete it and rerun with --preset (defaults are used)"))
     else:
         out.append(Finding("warn", "no klustr.toml", f"any command (e.g. `klustr scan LIBRARY -o {p}`) writes one"))
 
     # lock
-    lock = p / ".lock"
-    locked = False
-    if lock.exists():
-        with open(lock, "a+") as fh:
-            try:
-                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
-            except BlockingIOError:
-                locked = True
-                fh.seek(0)
-                out.append(Finding("warn", f"a run is in progress ({fh.read().strip() or 'unknown process'})",
-                                   "wait for it to finish; results below may change"))
+    holder = _lock_holder(p / ".lock")
+    locked = holder is not None
+    if locked:
+        out.append(Finding("warn", f"a run is in progress ({holder})", "wait for it to finish; results below may change"))
 
     # manifest and library
     if not proj.manifest_path.exists():
@@ -72,7 +88,10 @@ def check(project: str | Path | Project, *, fix: bool = False, max_missing_liste
     try:
         man = proj.read_manifest()
         root = proj.library_root
-    except Exception as exc:  # a damaged parquet file can raise many pyarrow errors
+        lacking = {"id", "path", "size", "mtime", "status"} - set(man.columns)
+        if lacking:
+            raise KlustrError(f"columns {sorted(lacking)} are missing")
+    except Exception as exc:  # noqa: BLE001 - a damaged parquet file can raise many pyarrow errors
         out.append(Finding("error", f"manifest.parquet cannot be read ({type(exc).__name__}: {exc})",
                            f"rescan: `klustr scan LIBRARY -o {p}` rewrites it"))
         return out
@@ -106,43 +125,15 @@ def check(project: str | Path | Project, *, fix: bool = False, max_missing_liste
     feats: dict[str, Any] = {}
     froot = proj.features_root
     if froot.is_dir():
-        from .features import load
-
         for d in sorted(x for x in froot.iterdir() if x.is_dir() and not x.name.startswith(".")):
-            name, _, mode = d.name.partition("@")
-            try:
-                t = load(proj, name, frames=mode == "frames")
-                feats[d.name] = t
-                out.append(Finding("ok", f"features {d.name}: {len(t)} rows x {t.X.shape[1]}, consistent with the manifest"))
-            except KlustrError as exc:
-                out.append(Finding("error", f"features {d.name}: {exc}", f"run `klustr features {p} --set {name}`"
-                                   + (" --frames" if mode == "frames" else "")))
+            out.append(_check_features(proj, d, feats))
     else:
         out.append(Finding("warn", "no features yet", f"run `klustr features {p}`"))
 
     # embeddings
-    ids = set(man.id.astype(str))
+    ok_ids = set(ok.id.astype(str))
     for name in proj.list_embeddings():
-        try:
-            emb, meta = proj.read_embedding(name)
-        except Exception as exc:  # damaged parquet
-            out.append(Finding("error", f"embedding {name} cannot be read ({type(exc).__name__})",
-                               f"delete {proj.embedding_path(name)} and rerun `klustr embed {p} --name {name}`"))
-            continue
-        need = {"id", "x", "y"}
-        if not need <= set(emb.columns):
-            out.append(Finding("error", f"embedding {name} lacks columns {sorted(need - set(emb.columns))}",
-                               f"rerun `klustr embed {p} --name {name}`"))
-            continue
-        fid = emb["file_id"] if "file_id" in emb else emb["id"]
-        stale = int((~fid.astype(str).isin(ids)).sum())
-        if stale:
-            out.append(Finding("warn", f"embedding {name}: {stale} points refer to files no longer in the manifest",
-                               f"rerun `klustr embed {p} --name {name}`"))
-        elif not emb[["x", "y"]].notna().all().all():
-            out.append(Finding("error", f"embedding {name} holds NaN coordinates", f"rerun `klustr embed {p} --name {name}`"))
-        else:
-            out.append(Finding("ok", f"embedding {name}: {len(emb)} points"))
+        out.append(_check_embedding(proj, name, ok_ids, feats))
     default = proj.embeddings_dir / "DEFAULT"
     if default.exists():
         target = default.read_text(encoding="utf-8").strip()
@@ -152,15 +143,72 @@ def check(project: str | Path | Project, *, fix: bool = False, max_missing_liste
 
     # leftovers
     tmp = _tmp_leftovers(p)
-    if tmp:
-        if fix and not locked:
-            for t in tmp:
-                t.unlink(missing_ok=True) if t.is_file() else None
+    if tmp and fix:
+        try:
+            with proj.lock("doctor --fix"):      # never delete the temporary file of a live run
+                for t in _tmp_leftovers(p):
+                    t.unlink(missing_ok=True)
             out.append(Finding("ok", f"removed {len(tmp)} leftovers of interrupted writes"))
-        else:
-            out.append(Finding("warn", f"{len(tmp)} leftovers of interrupted writes (harmless temporary files)",
-                               f"`klustr doctor {p} --fix` removes them"))
+        except KlustrError as exc:
+            out.append(Finding("warn", f"{len(tmp)} leftovers of interrupted writes not removed: {exc}",
+                               f"rerun `klustr doctor {p} --fix` when the run has finished"))
+    elif tmp:
+        out.append(Finding("warn", f"{len(tmp)} leftovers of interrupted writes (harmless temporary files)",
+                           f"`klustr doctor {p} --fix` removes them"))
     return out
+
+
+def _check_features(proj: Project, d: Path, feats: dict[str, Any]) -> Finding:
+    """One feature set folder: loadable and aligned with the manifest?"""
+    from .features import load
+    from .features.store import SetStore
+
+    p = proj.path
+    name, _, mode = d.name.partition("@")
+    frames = mode == "frames"
+    again = f"`klustr features {p} --set {name}" + (" --frames`" if frames else "`")
+    try:
+        store = SetStore(d, name, frames)
+        if store.current() is None:
+            if store.generations():
+                return Finding("warn", f"features {d.name}: an interrupted run left it unfinished",
+                               f"{again} resumes where it stopped")
+            return Finding("warn", f"features {d.name}: empty folder", f"{again} computes it")
+        t = load(proj, name, frames=frames)
+    except KlustrError as exc:
+        return Finding("error", f"features {d.name}: {exc}", f"{again} updates it (unchanged files are reused)")
+    except Exception as exc:  # noqa: BLE001 - damaged chunks raise zarr/numcodecs/OS errors
+        return Finding("error", f"features {d.name} cannot be read ({type(exc).__name__}: {exc})",
+                       f"delete {d} and run {again}")
+    feats[name if not frames else d.name] = t
+    return Finding("ok", f"features {d.name}: {len(t)} rows x {t.X.shape[1]}, consistent with the manifest")
+
+
+def _check_embedding(proj: Project, name: str, ok_ids: set[str], feats: dict[str, Any]) -> Finding:
+    p = proj.path
+    again = f"`klustr embed {p} --name {name}`"
+    try:
+        emb, meta = proj.read_embedding(name)
+    except Exception as exc:  # noqa: BLE001 - damaged parquet
+        return Finding("error", f"embedding {name} cannot be read ({type(exc).__name__})",
+                       f"delete {proj.embedding_path(name)} and rerun {again}")
+    need = {"id", "x", "y"}
+    if not need <= set(emb.columns):
+        return Finding("error", f"embedding {name} lacks columns {sorted(need - set(emb.columns))}", f"rerun {again}")
+    if not emb[["x", "y"]].notna().all().all():
+        return Finding("error", f"embedding {name} holds NaN coordinates", f"rerun {again}")
+    fid = (emb["file_id"] if "file_id" in emb else emb["id"]).astype(str)
+    stale = int((~fid.isin(ok_ids)).sum())
+    if stale:
+        return Finding("warn", f"embedding {name}: {stale} points refer to files no longer usable (removed or skipped)",
+                       f"rerun {again}")
+    table = feats.get(str(meta.get("features"))) if isinstance(meta, dict) else None
+    if table is not None:
+        missing = len(set(map(str, table.file_ids)) - set(fid))
+        if missing:
+            return Finding("warn", f"embedding {name} is older than its features: {missing} files are not on it",
+                           f"rerun {again}")
+    return Finding("ok", f"embedding {name}: {len(emb)} points")
 
 
 def healthy(findings: list[Finding]) -> bool:

@@ -23,6 +23,7 @@ import fcntl
 import json
 import os
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -57,13 +58,22 @@ def atomic_path(target: str | Path, suffix: str = "") -> Iterator[Path]:
             os.fsync(fh.fileno())
         os.replace(tmp_path, target)
     except OSError as exc:
-        tmp_path.unlink(missing_ok=True)
-        if exc.errno == errno.ENOSPC:
+        with contextlib.suppress(OSError):
+            tmp_path.unlink(missing_ok=True)
+        if _disk_full(exc):
             raise StoreError(f"disk full while writing {target}; previous outputs are intact") from exc
         raise StoreError(f"could not write {target}: {exc.strerror or exc}") from exc
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
+
+
+def _disk_full(exc: BaseException) -> bool:
+    """ENOSPC / EDQUOT, also when a library (pyarrow, zarr) re-raised it without an errno."""
+    if getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    text = str(exc)
+    return "No space left on device" in text or "Disk quota exceeded" in text
 
 
 def atomic_write_bytes(target: str | Path, data: bytes) -> None:
@@ -226,9 +236,31 @@ class Project:
     # -- locking -------------------------------------------------------------------------
     @contextlib.contextmanager
     def lock(self, what: str = "run") -> Iterator[None]:
-        """Hold the project's write lock; a second concurrent run is refused at once."""
+        """Hold the project's write lock; a second concurrent run is refused at once.
+
+        Re-entrant within one thread (a stage that calls another keeps the one lock); across
+        threads and processes ``flock`` refuses the second holder, and the kernel drops the lock when its
+        holder dies (even by SIGKILL), so a stale lock never blocks the next run.
+        """
         self.ensure()
-        fh = open(self.path / ".lock", "a+")
+        key = (os.getpid(), threading.get_ident(), str(self.path.resolve()))
+        with _HELD_GUARD:
+            if key in _HELD:
+                _HELD[key] += 1
+                reentrant = True
+            else:
+                reentrant = False
+        if reentrant:
+            try:
+                yield
+            finally:
+                with _HELD_GUARD:
+                    _HELD[key] -= 1
+            return
+        try:
+            fh = open(self.path / ".lock", "a+")
+        except OSError as exc:
+            raise StoreError(f"cannot open the lock file of {self.path}: {exc.strerror or exc}") from exc
         try:
             fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -236,12 +268,24 @@ class Project:
             holder = fh.read().strip() or "another process"
             fh.close()
             raise StoreError(f"{self.path} is in use by {holder}; wait for it to finish (the lock clears when it exits)") from None
+        with _HELD_GUARD:
+            _HELD[key] = 1
         try:
-            fh.seek(0)
-            fh.truncate()
-            fh.write(f"pid {os.getpid()} ({what})")
-            fh.flush()
+            try:                      # who holds it: a courtesy for the refusal message only
+                fh.seek(0)
+                fh.truncate()
+                fh.write(f"pid {os.getpid()} ({what})")
+                fh.flush()
+            except OSError:
+                pass
             yield
         finally:
+            with _HELD_GUARD:
+                _HELD.pop(key, None)
             fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
             fh.close()
+
+
+#: project locks held here: (pid, thread, resolved folder) -> depth
+_HELD: dict[tuple[int, int, str], int] = {}
+_HELD_GUARD = threading.Lock()

@@ -82,3 +82,91 @@ def make_mixed_library(root: Path) -> dict[str, str]:
     # a symlink cycle
     os.symlink("..", root / "good" / "loop")
     return exp
+
+
+# -- more hostile libraries (issue 5) ----------------------------------------------------------
+def good_files(root: Path) -> dict[str, bytes]:
+    """One small valid file of every format soundfile writes here, by name -> bytes (for
+    corruption): wav (16-bit, float), flac, aiff, ogg."""
+    root.mkdir(parents=True, exist_ok=True)
+    out: dict[str, bytes] = {}
+    for name, kw in [("pcm16.wav", {}), ("float.wav", {"subtype": "FLOAT"}), ("a.flac", {}), ("a.aiff", {}),
+                     ("a.ogg", {"format": "OGG", "subtype": "VORBIS"})]:
+        p = root / name
+        sf.write(p, tone(22050, 0.25, 440, channels=2 if name == "a.flac" else 1), 22050, **kw)
+        out[name] = p.read_bytes()
+    return out
+
+
+def corrupt(data: bytes, edits: list[tuple[int, bytes]], truncate_at: int | None = None) -> bytes:
+    """``data`` with each ``(offset, bytes)`` overwritten (offsets taken modulo the length),
+    optionally cut at ``truncate_at`` (modulo the length + 1)."""
+    buf = bytearray(data)
+    for off, chunk in edits:
+        off %= max(1, len(buf))
+        buf[off:off + len(chunk)] = chunk
+    if truncate_at is not None:
+        del buf[truncate_at % (len(buf) + 1):]
+    return bytes(buf)
+
+
+def make_deep_tree(root: Path, depth: int, name: str = "deep.wav") -> Path:
+    """A valid WAV ``depth`` folders below ``root`` (one-letter folder names keep the path
+    short enough for PATH_MAX); returns its path."""
+    d = root
+    for i in range(depth):
+        d = d / ("d" if i % 2 else "e")
+    d.mkdir(parents=True, exist_ok=True)
+    p = d / name
+    sf.write(p, tone(22050, 0.3, 500), 22050)
+    return p
+
+
+def make_wide_folder(root: Path, n: int, *, seconds: float = 0.05) -> list[str]:
+    """``n`` copies of one tiny valid WAV in one folder (cheap: the bytes are made once).
+    Returns the relative paths."""
+    root.mkdir(parents=True, exist_ok=True)
+    import io
+
+    buf = io.BytesIO()
+    sf.write(buf, tone(8000, seconds, 700), 8000, format="WAV", subtype="PCM_16")
+    data = buf.getvalue()
+    names = [f"w{i:06d}.wav" for i in range(n)]
+    for nm in names:
+        fd = os.open(root / nm, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            os.write(fd, data)
+        finally:
+            os.close(fd)
+    return [f"{root.name}/{nm}" for nm in names]
+
+
+def add_hostile_cases(root: Path) -> dict[str, str]:
+    """Add to a library made by :func:`make_mixed_library`: folders named like audio files
+    (with and without audio inside), a deep tree, a FIFO and a dangling symlink named like
+    audio, a file with a valid header but a garbage body, a huge declared sample rate.
+    Returns ``{relative_path: expected}`` like :func:`make_mixed_library`."""
+    exp: dict[str, str] = {}
+    (root / "dirs/empty_dir.flac").mkdir(parents=True)
+    (root / "dirs/nested.wav/deeper.aiff").mkdir(parents=True)
+    deep = make_deep_tree(root / "deeptree", 120)
+    exp[deep.relative_to(root).as_posix()] = "ok"
+    os.symlink(root / "nowhere.wav", root / "dirs/dangling.wav")
+    exp["dirs/dangling.wav"] = "vanished"
+    os.mkfifo(root / "dirs/fifo.wav")
+    exp["dirs/fifo.wav"] = "not a regular file"
+    whole = bytearray((root / "good/kick 01.wav").read_bytes())
+    rng = np.random.default_rng(5)
+    body = rng.integers(0, 256, len(whole) - 44, dtype=np.uint8).tobytes()
+    p = root / "bad/noise_body.wav"       # a valid header, random 16-bit samples: loud noise, usable
+    p.write_bytes(bytes(whole[:44]) + body)
+    exp["bad/noise_body.wav"] = "ok"
+    rate = bytearray(whole)
+    rate[24:28] = struct.pack("<I", 4_000_000_000)
+    (root / "bad/huge_rate.wav").write_bytes(bytes(rate))
+    exp["bad/huge_rate.wav"] = "*"        # libsndfile or our rate check
+    chans = bytearray(whole)
+    chans[22:24] = struct.pack("<H", 60000)
+    (root / "bad/many_channels.wav").write_bytes(bytes(chans))
+    exp["bad/many_channels.wav"] = "*"      # any reason
+    return exp

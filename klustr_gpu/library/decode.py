@@ -11,6 +11,7 @@ import functools
 import math
 import os
 import re
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -41,10 +42,26 @@ def _open_error_reason(exc: Exception, path: Path) -> str:
     return f"cannot decode: {msg.split(': ', 1)[-1][:120]}"
 
 
+def _require_regular(path: Path) -> None:
+    """SkipFile unless ``path`` is a regular file now: opening a FIFO (or a device) named like
+    audio would block forever, and a folder put in a file's place cannot be read."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise SkipFile("file vanished") from None
+    except PermissionError:
+        raise SkipFile("permission denied") from None
+    except OSError as exc:
+        raise SkipFile(f"cannot read: {exc.strerror or exc}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise SkipFile("not a regular file")
+
+
 def read_info(path: str | Path):
     """Header read only: ``soundfile.info``; raises SkipFile with a reason."""
     path = Path(path)
     try:
+        _require_regular(path)
         if path.stat().st_size == 0:
             raise SkipFile("empty file (0 bytes)")
         with open(path, "rb"):
@@ -113,6 +130,7 @@ def decode(
     path = Path(path)
     seconds = audio.clip_seconds if seconds is None else seconds
     n_out = int(round(seconds * audio.sample_rate))
+    _require_regular(path)
     try:
         with sf.SoundFile(str(path)) as fh:
             sr = fh.samplerate

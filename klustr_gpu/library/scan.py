@@ -151,17 +151,18 @@ def scan(
     cfg = config or proj.load_config()
     labeller = Labeller(csv_path=labels, from_parent=label_from == "parent", regex=label_regex)
     exts = extensions(cfg)
-    paths = [p for p in tqdm(walk(root, exts, cfg.scan.follow_symlinks), desc="scan: walk", unit=" files",
-                             disable=not progress, leave=False)
-             if not (inside and _under(p, proj.path.resolve()))]
-    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-        rows = list(tqdm(pool.map(lambda p: _row(p, root, cfg, labeller), paths), total=len(paths),
-                         desc="scan: headers", unit=" files", disable=not progress))
-    df = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
-    if len(df):
-        df = df.drop_duplicates("id").reset_index(drop=True)
-    df["label"] = df["label"].astype("object")
-    proj.write_manifest(df, {"library": str(root), "labels": labeller.mode, "config_preset": cfg.preset})
+    with proj.lock("scan"):
+        paths = [p for p in tqdm(walk(root, exts, cfg.scan.follow_symlinks), desc="scan: walk", unit=" files",
+                                 disable=not progress, leave=False)
+                 if not (inside and _under(p, proj.path.resolve()))]
+        with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+            rows = list(tqdm(pool.map(lambda p: _row(p, root, cfg, labeller), paths), total=len(paths),
+                             desc="scan: headers", unit=" files", disable=not progress))
+        df = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
+        if len(df):
+            df = df.drop_duplicates("id").reset_index(drop=True)
+        df["label"] = df["label"].astype("object")
+        proj.write_manifest(df, {"library": str(root), "labels": labeller.mode, "config_preset": cfg.preset})
     log.info("scan: %d files, %d ok, %d skipped", len(df), int((df.status == "ok").sum()), int((df.status != "ok").sum()))
     return df
 

@@ -46,8 +46,10 @@ def render(project, *, embedding: str | None = None, width: int | None = None, h
     if w < 64 or h < 64:
         from ..errors import UsageError
         raise UsageError(f"map size {w}x{h} is too small; use at least 64x64 pixels")
+    proj.require("manifest")             # before the lock, which would create a missing folder
     steps = ["load", "map.png"] + (["map.html"] if html else [])
-    with tqdm(total=len(steps), desc="render", unit=" step", disable=not progress, leave=False) as bar:
+    with proj.lock("render"), \
+            tqdm(total=len(steps), desc="render", unit=" step", disable=not progress, leave=False) as bar:
         data = load_map(proj, embedding=embedding, by=by or cfg.by)
         bar.update()
         png = render_png(data, proj.path / "map.png", width=w, height=h)

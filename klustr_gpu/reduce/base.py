@@ -1,0 +1,108 @@
+"""What every reducer shares: the scikit-learn contract, tiny inputs, transform by neighbours."""
+from __future__ import annotations
+
+import logging
+import os
+
+import numpy as np
+
+from ..errors import UsageError
+from .pca import check_features
+
+log = logging.getLogger(__name__)
+
+MIN_POINTS = 5   # below this t-SNE / UMAP are meaningless: a handled case (see _tiny_layout)
+
+
+def n_jobs(value: int) -> int:
+    """Threads for a reducer: ``value`` if positive; else the idle cores of this machine (the
+    cores this process may use minus the 1-minute load average, at least 1). Busy-waiting
+    OpenMP threads on cores that other processes hold slow t-SNE down several-fold, and the
+    results do not depend on the thread count."""
+    if value and value > 0:
+        return int(value)
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        cores = os.cpu_count() or 1
+    try:
+        busy = int(os.getloadavg()[0])
+    except OSError:  # pragma: no cover
+        busy = 0
+    return max(1, min(cores, cores - busy + 1))
+
+
+def tiny_layout(X: np.ndarray, n_components: int = 2) -> np.ndarray:
+    """A layout for a handful of points (or no informative columns): PCA coordinates scaled to
+    unit spread, or the origin when all points coincide."""
+    n = X.shape[0]
+    out = np.zeros((n, n_components), dtype=np.float32)
+    if n < 2 or X.shape[1] == 0:
+        return out
+    C = X - X.mean(axis=0)
+    u, s, _ = np.linalg.svd(C.astype(np.float64), full_matrices=False)
+    m = min(n_components, u.shape[1])
+    Y = u[:, :m] * s[:m]
+    scale = np.abs(Y).max()
+    if scale > 0:
+        out[:, :m] = (Y / scale).astype(np.float32)
+    return out
+
+
+class Reducer:
+    """Base of the t-SNE / UMAP adapters. ``__init__`` only stores arguments; ``fit`` checks
+    the input, handles tiny inputs, and calls ``_fit``; results end in ``_``."""
+
+    n_components = 2
+    random_state = None
+    metric = "euclidean"
+
+    def get_params(self) -> dict:
+        return {k: v for k, v in vars(self).items() if not k.endswith("_")}
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
+        return f"{type(self).__name__}({args})"
+
+    def fit(self, X, y=None, *, knn=None):
+        self._check()
+        X = check_features(X, allow_no_columns=True)
+        self.n_features_in_ = X.shape[1]
+        self._X_fit = X
+        self._search = None
+        if X.shape[0] < MIN_POINTS or X.shape[1] == 0:
+            log.warning("%d point(s) with %d informative column(s): placing them directly instead of "
+                        "running %s", X.shape[0], X.shape[1], type(self).__name__)
+            self.embedding_ = tiny_layout(X, self.n_components)
+            return self
+        self.embedding_ = np.ascontiguousarray(self._fit(X, knn), dtype=np.float32)
+        return self
+
+    def fit_transform(self, X, y=None, *, knn=None):
+        return self.fit(X, knn=knn).embedding_
+
+    def transform(self, X, *, batch_size: int = 100_000):
+        """Place new points at the weighted mean of their nearest fitted points."""
+        from .neighbours import NeighbourSearch, place_by_neighbours
+
+        if not hasattr(self, "embedding_"):
+            raise UsageError(f"{type(self).__name__} is not fitted yet; call fit first")
+        X = check_features(X, allow_no_columns=True)
+        if X.shape[1] != self.n_features_in_:
+            raise UsageError(f"transform got {X.shape[1]} columns; the model was fitted on {self.n_features_in_}")
+        if self._X_fit.shape[0] < 2 or X.shape[1] == 0:
+            return np.zeros((X.shape[0], self.n_components), np.float32)
+        if getattr(self, "_search", None) is None:   # built once, reused by every batch
+            self._search = NeighbourSearch(self._X_fit, metric=self.metric, seed=self.random_state or 0)
+        return place_by_neighbours(self._search, self.embedding_, X, batch_size=batch_size)
+
+    def _fit(self, X: np.ndarray, knn) -> np.ndarray:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _check(self) -> None:
+        if getattr(self, "n_neighbors", 2) < 2:
+            raise UsageError(f"n_neighbors must be >= 2; got {self.n_neighbors}")
+        if getattr(self, "perplexity", 1.0) <= 0:
+            raise UsageError(f"perplexity must be > 0; got {self.perplexity}")
+        if getattr(self, "min_dist", 0.0) < 0:
+            raise UsageError(f"min_dist must be >= 0; got {self.min_dist}")

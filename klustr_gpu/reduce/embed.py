@@ -1,0 +1,172 @@
+"""``fit_embedding`` (arrays in, coordinates out) and ``embed`` (a project's features in,
+``embeddings/<name>.parquet`` out)."""
+from __future__ import annotations
+
+import logging
+import re
+import time
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ..config import Config, ReduceConfig
+from ..errors import UsageError
+from ..store import Project
+from .base import MIN_POINTS
+from .engines import METHODS, ENGINES, accepted, make_reducer, resolve_engine
+from .neighbours import cached_knn
+from .pca import check_features, preprocess
+
+log = logging.getLogger(__name__)
+
+_RUN_PARAMS = ("sample_threshold", "sample_size", "transform_batch", "progress")
+
+
+def _known_params() -> set[str]:
+    names: set[str] = set()
+    for table in ENGINES.values():
+        for cls in table.values():
+            names |= accepted(cls)
+    return names | {"seed"}
+
+
+def _sample_fit(reducer, X: np.ndarray, size: int, seed: int, batch: int, progress: bool) -> np.ndarray:
+    """Fit on ``size`` random rows, place the others with ``reducer.transform`` in batches."""
+    n = X.shape[0]
+    rng = np.random.default_rng(seed)
+    sample = np.sort(rng.choice(n, size=min(size, n), replace=False))
+    log.info("%d points: fitting on a random sample of %d, placing the rest in batches of %d",
+             n, sample.size, batch)
+    reducer.fit(X[sample])
+    Y = np.empty((n, reducer.embedding_.shape[1]), dtype=np.float32)
+    Y[sample] = reducer.embedding_
+    rest = np.ones(n, dtype=bool)
+    rest[sample] = False
+    rest = np.flatnonzero(rest)
+    from tqdm.auto import tqdm
+
+    with tqdm(total=rest.size, desc="placing points", unit=" pts", disable=not progress) as bar:
+        for s in range(0, rest.size, batch):
+            rows = rest[s:s + batch]
+            Y[rows] = reducer.transform(X[rows], batch_size=batch)
+            bar.update(rows.size)
+    return Y
+
+
+def fit_embedding(X, method: str, *, engine: str = "auto", knn=None, seed: int = 0, **params) -> np.ndarray:
+    """Coordinates ``[n, 2]`` (float32) of the rows of ``X [n, d]`` by ``method``.
+
+    ``knn=(indices, distances)`` from :func:`knn_graph` on the same ``X`` (self excluded, any
+    ``k`` at least what the run needs: 3 x perplexity for t-SNE, n_neighbors - 1 for UMAP) is
+    reused by the cpu engine and ignored by the GPU engines, which build their own.
+    ``params``: estimator arguments (``n_neighbors``, ``min_dist``, ``metric``, ``perplexity``,
+    ``n_iter``, ``n_epochs``, ...; those of another method are ignored) and
+    ``sample_threshold`` / ``sample_size`` / ``transform_batch`` (above ``sample_threshold``
+    points, fit on ``sample_size`` of them and place the rest with ``transform``, in batches,
+    with a progress bar if ``progress=True``).
+    """
+    X = check_features(X, allow_no_columns=True)
+    if method not in METHODS:
+        raise UsageError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
+    unknown = set(params) - _known_params() - set(_RUN_PARAMS)
+    if unknown:
+        raise UsageError(f"unknown reduction parameter(s): {', '.join(sorted(unknown))}")
+    threshold = params.pop("sample_threshold", None)
+    size = params.pop("sample_size", 100_000)
+    batch = params.pop("transform_batch", 100_000)
+    progress = params.pop("progress", False)
+    resolved = resolve_engine(engine)
+    cls = ENGINES[resolved][method]
+    reducer = make_reducer(method, resolved, random_state=seed,
+                           **{k: v for k, v in params.items() if k in accepted(cls)})
+    n = X.shape[0]
+    if knn is not None and np.asarray(knn[0]).shape[0] != n:
+        raise UsageError(f"the neighbour graph has {np.asarray(knn[0]).shape[0]} rows; X has {n}")
+    if method != "pca" and threshold and n > threshold and n > size:
+        return _sample_fit(reducer, X, size, seed, batch, progress)
+    if method == "pca" or resolved != "cpu":
+        knn = None
+    return reducer.fit(X, knn=knn).embedding_
+
+
+# -- the project-level entry point ---------------------------------------------------------------
+def _method_params(r: ReduceConfig) -> dict[str, Any]:
+    return dict(n_neighbors=r.n_neighbors, min_dist=r.min_dist, metric=r.metric,
+                perplexity=r.perplexity, n_iter=r.tsne_iterations, n_epochs=r.umap_epochs or None,
+                sample_threshold=r.sample_threshold, sample_size=r.sample_size,
+                transform_batch=r.transform_batch)
+
+
+def _graph_k(r: ReduceConfig, n: int) -> int:
+    """One graph serving this config's t-SNE and UMAP (and smaller grids)."""
+    return max(1, min(n - 1, max(int(3 * r.perplexity), r.n_neighbors - 1)))
+
+
+def _labels(proj: Project, file_ids: np.ndarray) -> list:
+    man = proj.read_manifest()
+    lab = man.set_index("id")["label"] if "label" in man else pd.Series(dtype=object)
+    out = pd.Series(file_ids).map(lab)
+    return [None if (v is None or (isinstance(v, float) and np.isnan(v)) or v == "") else str(v) for v in out]
+
+
+def _effective_config(proj: Project, config, method, features, engine, params) -> Config:
+    cfg = config if config is not None else proj.load_config()
+    upd = {k: v for k, v in dict(method=method, features=features, engine=engine).items() if v is not None}
+    data: dict[str, Any] = {}
+    if "seed" in params:
+        data["seed"] = params.pop("seed")
+    upd.update(params)
+    data["reduce"] = upd
+    return cfg.updated(data)
+
+
+def embed(project, config: Config | None = None, *, method: str | None = None, features: str | None = None,
+          engine: str | None = None, name: str | None = None, progress: bool = True, **params) -> pd.DataFrame:
+    """Reduce a project's features to a 2-D map and write ``embeddings/<name>.parquet``.
+
+    Loads the feature set (``features.load``), standardises and PCA-projects it
+    (``reduce.pca_components``; before t-SNE only if ``reduce.pca_before_tsne``), reuses or
+    builds the neighbour graph (``PROJECT/neighbours/``, cpu engine), reduces with
+    ``method`` on ``engine`` and writes columns ``id, file_id, start, x, y, label``, with the
+    method, resolved engine, features, every parameter, seed, seconds and n_points in the
+    file's metadata. Keyword arguments override ``config.reduce`` (``n_neighbors=30``,
+    ``min_dist=0.0``, ``perplexity=50``, ``metric='correlation'``, ``pca_components=14``, and
+    ``seed``); the effective config is written back to ``klustr.toml``. ``name`` defaults to
+    ``"<features>-<method>"``. Holds the project lock. Returns the data frame.
+    """
+    proj = Project(project)
+    proj.require("manifest")
+    cfg = _effective_config(proj, config, method, features, engine, dict(params))
+    r = cfg.reduce
+    resolved = resolve_engine(r.engine)        # an impossible engine fails before any work
+    name = name or f"{r.features}-{r.method}"
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.=+-]*", name):
+        raise UsageError(f"embedding name {name!r}: use letters, digits and _ . = + - only")
+    from ..features import load
+
+    with proj.lock("embed"):
+        proj.write_config(cfg)
+        table = load(proj, name=r.features)
+        t0 = time.perf_counter()
+        pca_k = r.pca_components if (r.method == "umap" or (r.method == "tsne" and r.pca_before_tsne)) else 0
+        Xp = preprocess(table.X, standardize=r.standardize, pca_components=pca_k, seed=cfg.seed)
+        n = Xp.shape[0]
+        knn = None
+        if (resolved == "cpu" and r.method != "pca" and r.cache_neighbours and Xp.shape[1] > 0
+                and MIN_POINTS <= n <= r.sample_threshold):
+            knn = cached_knn(proj.path / "neighbours", Xp, _graph_k(r, n), metric=r.metric,
+                             tag=r.features, seed=cfg.seed)
+        Y = fit_embedding(Xp, r.method, engine=resolved, knn=knn, seed=cfg.seed, progress=progress,
+                          **_method_params(r))
+        seconds = time.perf_counter() - t0
+        df = pd.DataFrame({"id": table.ids, "file_id": table.file_ids,
+                           "start": np.asarray(table.starts, dtype=np.float64),
+                           "x": Y[:, 0], "y": Y[:, 1], "label": _labels(proj, table.file_ids)})
+        meta = {"method": r.method, "engine": resolved, "engine_requested": r.engine,
+                "features": r.features, "params": dict(vars(r)), "seed": cfg.seed,
+                "seconds": round(seconds, 3), "n_points": int(n), "dims_in": int(table.X.shape[1]),
+                "dims_reduced": int(Xp.shape[1]), "name": name}
+        proj.write_embedding(name, df, meta)
+    log.info("embedding %s: %d points by %s on %s in %.1f s", name, n, r.method, resolved, seconds)
+    return df
