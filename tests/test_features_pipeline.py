@@ -121,6 +121,10 @@ def test_incremental_after_rescan(small_library, tmp_path):
     pos = {k: i for i, k in enumerate(after.ids)}
     np.testing.assert_array_equal(after.X[[pos[i] for i in before.ids]], before.X)
     assert len(list(proj.features_dir("mfcc").glob("g*.files.parquet"))) == 1   # old generation removed
+    # another mfcc config: everything is recomputed, into a new generation
+    cfg = Config.load(proj.config_path).updated({"mfcc.n_mfcc": 13})
+    s = extract(proj, cfg, progress=False)
+    assert s["mfcc"]["computed"] == 70 and s["mfcc"]["dim"] == 52 and load(proj, "mfcc").X.shape == (70, 52)
 
 
 _CHILD = """

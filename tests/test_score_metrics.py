@@ -183,3 +183,13 @@ def test_nonfinite_rows_left_out():
     s = m.map_scores(Z, y, Z.copy(), notes=notes)
     assert s["knn_accuracy"] == 1.0
     assert any("non-finite" in n for n in notes)
+
+
+def test_pandas_missing_labels():
+    import pandas as pd
+
+    Z = np.c_[np.arange(6.0), np.zeros(6)]
+    y = pd.array(["a", "a", None, "b", "b", "b"], dtype="string").to_numpy()
+    notes: list[str] = []
+    assert m.knn_accuracy(Z, y, k=1, notes=notes) == 1.0          # the gap at 2 is left out
+    assert any("1 unlabelled" in n for n in notes)

@@ -164,9 +164,11 @@ def spectral_rolloff(S: torch.Tensor, freqs: torch.Tensor, *, roll_percent: floa
     return freqs[idx]
 
 
-def spectral_flatness(S: torch.Tensor, *, amin: float = 1e-10, power: float = 2.0) -> torch.Tensor:
-    """Geometric over arithmetic mean of the power spectrum (librosa) -> (..., frames)."""
-    P = torch.clamp(S ** power, min=amin)
+def spectral_flatness(S: torch.Tensor, *, amin: float = 1e-10, power: float = 2.0,
+                      P: torch.Tensor | None = None) -> torch.Tensor:
+    """Geometric over arithmetic mean of the power spectrum (librosa) -> (..., frames).
+    ``P``: ``S ** power`` when already at hand (saves recomputing it)."""
+    P = torch.clamp(S ** power if P is None else P, min=amin)
     return torch.exp(torch.mean(torch.log(P), dim=-2)) / torch.mean(P, dim=-2)
 
 

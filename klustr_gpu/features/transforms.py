@@ -147,7 +147,7 @@ class MIR(_Spectral):
             FX.spectral_crest(S),
             FX.spectral_flux(S),
             FX.spectral_rolloff(S, self.freqs),
-            FX.spectral_flatness(S),
+            FX.spectral_flatness(S, P=self.power(y, cache)),
             FX.zero_crossing_rate(y, frame_length=self.n_fft, hop_length=self.hop_length),
         ]
         return torch.stack(rows, dim=-2)
