@@ -48,24 +48,46 @@ def atomic_path(target: str | Path, suffix: str = "") -> Iterator[Path]:
     On any exception the temporary file is removed and ``target`` is left untouched.
     """
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix + ".tmp", dir=target.parent)
-    os.close(fd)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix + ".tmp", dir=target.parent)
+        os.close(fd)
+    except OSError as exc:
+        raise _store_error(exc, target) from exc
     tmp_path = Path(tmp)
     try:
         yield tmp_path
         with open(tmp_path, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp_path, target)
+        _fsync_dir(target.parent)
     except OSError as exc:
         with contextlib.suppress(OSError):
             tmp_path.unlink(missing_ok=True)
-        if _disk_full(exc):
-            raise StoreError(f"disk full while writing {target}; previous outputs are intact") from exc
-        raise StoreError(f"could not write {target}: {exc.strerror or exc}") from exc
+        raise _store_error(exc, target) from exc
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
+
+
+def _store_error(exc: OSError, target: Path) -> StoreError:
+    if _disk_full(exc):
+        return StoreError(f"disk full while writing {target}; previous outputs are intact")
+    return StoreError(f"could not write {target}: {exc.strerror or exc}")
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename durable (the folder entry), where the platform allows it."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def _disk_full(exc: BaseException) -> bool:

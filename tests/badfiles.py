@@ -5,6 +5,7 @@ a substring of the skip reason.
 """
 from __future__ import annotations
 
+import errno
 import os
 import struct
 from pathlib import Path
@@ -128,9 +129,17 @@ def make_wide_folder(root: Path, n: int, *, seconds: float = 0.05) -> list[str]:
     root.mkdir(parents=True, exist_ok=True)
     first = root / "w000000.wav"
     sf.write(first, tone(8000, seconds, 700), 8000, subtype="PCM_16")
+    data = first.read_bytes()
     names = [f"w{i:06d}.wav" for i in range(n)]
+    src = first
     for nm in names[1:]:
-        os.link(first, root / nm)
+        try:
+            os.link(src, root / nm)
+        except OSError as exc:          # EMLINK (ext4: 65,000 links per file): start a new source
+            if exc.errno != errno.EMLINK:
+                raise
+            src = root / nm
+            src.write_bytes(data)
     return [f"{root.name}/{nm}" for nm in names]
 
 
@@ -162,4 +171,7 @@ def add_hostile_cases(root: Path) -> dict[str, str]:
     chans[22:24] = struct.pack("<H", 60000)
     (root / "bad/many_channels.wav").write_bytes(bytes(chans))
     exp["bad/many_channels.wav"] = "*"      # any reason
+    latin1 = root / os.fsdecode(b"bad/caf\xe9 latin-1 name.wav")   # not UTF-8: a name parquet cannot hold
+    latin1.write_bytes(whole)
+    exp["bad/caf\ufffd latin-1 name.wav"] = "not valid UTF-8"
     return exp

@@ -153,6 +153,9 @@ def test_make_reducer_follows_the_estimator_contract():
     r = make_reducer("umap", "cpu", n_neighbors=7, seed=3)
     assert r.n_neighbors == 7 and r.random_state == 3 and not hasattr(r, "embedding_")
     assert "n_neighbors=7" in repr(r)
+    params = r.get_params()
+    r.fit(np.random.default_rng(0).normal(size=(30, 3)))
+    assert r.get_params() == params and r.embedding_.shape == (30, 2)
     with pytest.raises(UsageError, match="perplexity"):
         make_reducer("umap", "cpu", perplexity=30)
     with pytest.raises(UsageError, match="unknown method"):

@@ -165,6 +165,19 @@ def test_a_hanging_decode_is_skipped_not_waited_for(tmp_path):
     assert man.loc["s05.wav", "status"] == "skipped" and "time" in man.loc["s05.wav", "reason"]
 
 
+def test_a_name_that_is_not_utf8_is_skipped_not_fatal(tmp_path):
+    """One file named in Latin-1 (bytes that are not UTF-8) once made the whole scan fail while
+    writing the manifest; now it is a skipped row with a reason and the others are scanned."""
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    sf.write(lib / "good.wav", tone(22050, 0.3), 22050)
+    (lib / os.fsdecode(b"caf\xe9.wav")).write_bytes((lib / "good.wav").read_bytes())
+    df = scan(lib, tmp_path / "proj", progress=False).set_index("path")
+    assert df.loc["good.wav", "status"] == "ok"
+    assert df.loc["caf\ufffd.wav", "status"] == "skipped" and "UTF-8" in df.loc["caf\ufffd.wav", "reason"]
+    assert len(Project(tmp_path / "proj").read_manifest()) == 2
+
+
 # -- odd trees -------------------------------------------------------------------------------
 def test_folders_named_like_audio_are_walked_never_listed(tmp_path):
     lib = tmp_path / "lib"

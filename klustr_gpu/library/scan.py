@@ -91,10 +91,23 @@ def _fmt(info) -> str:
     return _SF_FORMAT.get(info.format, info.format.lower())
 
 
+def _printable(rel: str) -> str:
+    """``rel`` itself, or (for a name with bytes that are not UTF-8) a lossy, storable copy."""
+    try:
+        rel.encode("utf-8")
+        return rel
+    except UnicodeEncodeError:
+        return rel.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
 def _row(path: Path, root: Path, cfg: Config, labeller: Callable[[str], str | None]) -> dict:
     rel = path.relative_to(root).as_posix()
-    row = dict(id=file_id(rel), path=rel, size=0, mtime=0.0, hash="", format=path.suffix.lower().lstrip("."),
-               sample_rate=0, channels=0, frames=0, duration=0.0, label=labeller(rel), status="ok", reason="")
+    shown = _printable(rel)
+    row = dict(id=file_id(rel), path=shown, size=0, mtime=0.0, hash="", format=path.suffix.lower().lstrip("."),
+               sample_rate=0, channels=0, frames=0, duration=0.0, label=labeller(shown), status="ok", reason="")
+    if shown != rel:        # the manifest (UTF-8 parquet) cannot hold the real name to find it again
+        row.update(status="skipped", reason="file name is not valid UTF-8; rename the file to map it")
+        return row
     try:
         st = path.stat()
         row.update(size=st.st_size, mtime=st.st_mtime)

@@ -66,9 +66,15 @@ class OpenTSNE(Reducer):
             dist = np.sqrt(2.0 * np.maximum(dist, 0.0))   # chord length: a Euclidean distance
         jobs = n_jobs(self.n_jobs)
         seed = self.random_state if self.random_state is not None else 0
-        self.affinities_ = PerplexityBasedNN(
-            knn_index=PrecomputedNeighbors(idx, dist.astype(np.float64)), perplexity=perplexity,
-            n_jobs=jobs, random_state=seed)
+        quiet = logging.getLogger("openTSNE.affinity")     # "KNN index provided..." at INFO
+        level = quiet.level
+        quiet.setLevel(logging.WARNING)
+        try:
+            self.affinities_ = PerplexityBasedNN(
+                knn_index=PrecomputedNeighbors(idx, dist.astype(np.float64)), perplexity=perplexity,
+                n_jobs=jobs, random_state=seed)
+        finally:
+            quiet.setLevel(level)
         init = openTSNE.initialization.pca(X, n_components=self.n_components, random_state=seed)
         method = "fft" if n > self.fft_above else "bh"
         ee = min(250, max(1, self.n_iter // 4))

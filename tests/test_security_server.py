@@ -1,0 +1,247 @@
+"""The served app against a hostile or busy client on loopback (issue 5): 200 concurrent audio
+requests while a second process opens app sessions; path traversal in every encoding; oversize
+and malformed requests; nothing outside the manifest's ok files is ever served."""
+from __future__ import annotations
+
+import http.client
+import random
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import soundfile as sf
+
+from badfiles import tone
+from klustr_gpu.library import file_id, scan
+from klustr_gpu.store import Project
+from test_render import write_fake_embedding
+from test_serve import http_get, running_server
+
+REPO = Path(__file__).resolve().parents[1]
+SECRET = b"TOP-SECRET-klustr-marker"
+
+
+@pytest.fixture(scope="module")
+def site(demo_library, tmp_path_factory):
+    """A 42-file library (one skipped, one added after the scan, secrets beside and inside it)
+    served from a subprocess."""
+    root = tmp_path_factory.mktemp("sec")
+    lib = root / "lib"
+    for f in sorted(demo_library.rglob("*"))[:60]:
+        if f.is_file() and f.suffix in (".wav", ".flac", ".ogg", ".aiff"):
+            dst = lib / f.parent.name / f.name
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(f, dst)
+    (root / "secret.txt").write_bytes(SECRET)                # beside the library
+    (lib / "notes.txt").write_bytes(SECRET)                  # inside it, not audio
+    (root / "outside.wav").write_bytes(b"RIFF" + SECRET)     # audio-named, outside
+    (lib / "zz").mkdir()
+    (lib / "zz/link_out.wav").symlink_to(root / "outside.wav")  # a link leading outside: listed, but skipped
+    proj = Project(root / "proj")
+    scan(lib, proj, label_from="parent", progress=False)
+    man = proj.read_manifest()
+    skipped = str(man[man.status == "ok"]["id"].iloc[-1])
+    proj.mark_skipped({skipped: "test: skipped"})
+    write_fake_embedding(proj.path)
+    sf.write(lib / "added_later.wav", tone(22050, 0.3), 22050)  # on disk, never scanned
+    with running_server(proj.path, root / "server.log") as port:
+        yield {"port": port, "proj": proj, "lib": lib, "man": proj.read_manifest(), "skipped": skipped,
+               "root": root}
+
+
+def _ok(site):
+    man = site["man"]
+    return man[man.status == "ok"]
+
+
+def raw_request(port: int, raw: bytes, timeout: float = 15) -> tuple[int | None, bytes]:
+    """Send bytes exactly as given (plus ``Connection: close`` after an HTTP/1.1 request line);
+    (status or None if the server closed without one, whole reply)."""
+    raw = raw.replace(b" HTTP/1.1\r\n", b" HTTP/1.1\r\nConnection: close\r\n", 1)
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(raw)
+        chunks = []
+        try:
+            while True:
+                b = s.recv(65536)
+                if not b:
+                    break
+                chunks.append(b)
+                if b"\r\n\r\n" in b"".join(chunks) and sum(map(len, chunks)) > 1 << 22:
+                    break
+        except (ConnectionResetError, socket.timeout):
+            pass
+    reply = b"".join(chunks)
+    if not reply.startswith(b"HTTP/1."):
+        return None, reply
+    return int(reply.split(b" ", 2)[1]), reply
+
+
+def _refused(status, body: bytes, headers: dict | None = None) -> None:
+    assert status in (None, 400, 403, 404, 405, 413, 414, 431), status
+    assert SECRET not in body and b"root:" not in body
+    if headers is not None:
+        assert not headers.get("content-type", "").startswith("audio/")
+
+
+# -- load -------------------------------------------------------------------------------------
+SESSIONS = r"""
+import sys, time, urllib.request
+import panel  # registers the app's bokeh models
+from bokeh.client import pull_session
+port, n = int(sys.argv[1]), int(sys.argv[2])
+for i in range(n):                       # each page load makes a session that datashades the map
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=60) as r:
+        assert r.status == 200 and b"bokeh" in r.read().lower()
+for i in range(2):                       # and full websocket sessions, each with its own map render
+    s = pull_session(url=f"http://127.0.0.1:{port}/")
+    assert any(type(m).__name__ == "ImageRGBA" for m in s.document.models)
+    s.close()
+print("sessions ok", flush=True)
+"""
+
+
+def test_200_concurrent_audio_requests_with_sessions_from_another_process(site, tmp_path):
+    port = site["port"]
+    ok = _ok(site)
+    rows = [ok.iloc[i % len(ok)] for i in range(200)]
+    random.Random(0).shuffle(rows)
+    expected = {r["id"]: site["proj"].audio_path(r["path"]) for r in rows}
+    script = tmp_path / "sessions.py"
+    script.write_text(SESSIONS)
+    other = subprocess.Popen([sys.executable, str(script), str(port), "8"], cwd=REPO, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+
+    def fetch(row):
+        t0 = time.monotonic()
+        status, headers, body = http_get(port, f"/audio/{row['id']}")
+        return row["id"], status, headers, body, time.monotonic() - t0
+
+    t0 = time.monotonic()
+    with ThreadPoolExecutor(max_workers=200) as pool:
+        results = list(pool.map(fetch, rows))
+    elapsed = time.monotonic() - t0
+    try:
+        out, err = other.communicate(timeout=180)
+    finally:
+        if other.poll() is None:
+            other.kill()
+            other.wait()
+    assert other.returncode == 0 and "sessions ok" in out, err[-3000:]
+    assert len(results) == 200 and elapsed < 120, elapsed
+    for fid, status, headers, body, _ in results:
+        assert status == 200 and headers["content-type"].startswith("audio/"), (fid, status)
+        path = expected[fid]
+        if path.suffix.lower() not in (".aif", ".aiff"):          # aiff is served transcoded
+            assert body == path.read_bytes(), fid
+    assert http_get(port, f"/audio/{rows[0]['id']}", method="HEAD")[0] == 200     # still healthy
+
+
+# -- traversal ---------------------------------------------------------------------------------
+TRAVERSALS = [
+    "/audio/../../../../etc/passwd", "/audio/..%2f..%2f..%2f..%2fetc%2fpasswd", "/audio/%2e%2e/%2e%2e/etc/passwd",
+    "/audio/%2E%2E%2F%2E%2E%2Fsecret.txt", "/audio/%252e%252e%252fsecret.txt", "/audio/%25252e%25252e%25252f",
+    "/audio/..%5c..%5csecret.txt", "/audio/..\\..\\secret.txt", "/audio/%5c%5c127.0.0.1%5csecret",
+    "/audio/%c0%ae%c0%ae%c0%afsecret.txt", "/audio/%e0%80%ae%e0%80%ae/secret.txt", "/audio/%c0%2e%c0%2e%c0%5c",
+    "/audio/%2fetc%2fpasswd", "/audio//etc/passwd", "/audio/file:%2f%2f%2fetc%2fpasswd",
+    "/audio/notes.txt", "/audio/..%00/secret.txt", "/audio/%00", "/audio/{id}%00.wav", "/audio/{id}%2f..%2f..",
+    "/audio/{id}/../../secret.txt", "/audio/{id}/", "/audio/{id}.wav", "/audio/{id}%0a", "/audio/%20{id}",
+    "/audio/{ID}", "/audio/{id}0", "/audio/{id}?path=../secret.txt", "/audio/{id};../../secret.txt",
+    "/audio/..;/secret.txt", "/%2e%2e/%2e%2e/secret.txt", "/static/..%2f..%2f..%2fsecret.txt",
+    "/static/%2e%2e/%2e%2e/%2e%2e/etc/passwd", "/audio/%u002e%u002e%u2215secret.txt",
+]
+
+
+@pytest.mark.parametrize("path", TRAVERSALS)
+def test_traversal_in_every_encoding_is_refused(site, path):
+    fid = str(_ok(site)["id"].iloc[0])
+    path = path.replace("{id}", fid).replace("{ID}", fid.upper())
+    if "?path=" in path:       # a query on a valid id is ignored: the manifest file, nothing else
+        status, headers, body = http_get(site["port"], path)
+        assert status == 200 and SECRET not in body
+        return
+    status, headers, body = http_get(site["port"], path)
+    _refused(status, body, headers)
+
+
+@pytest.mark.parametrize("raw", [
+    b"GET /audio/\xc0\xae\xc0\xae/\xc0\xae\xc0\xae/secret.txt HTTP/1.1\r\nHost: x\r\n\r\n",   # overlong UTF-8, raw
+    b"GET /audio/..\\..\\..\\secret.txt HTTP/1.1\r\nHost: x\r\n\r\n",
+    b"GET /audio/\x00../secret.txt HTTP/1.1\r\nHost: x\r\n\r\n",
+    b"GET http://127.0.0.1/../../secret.txt HTTP/1.1\r\nHost: x\r\n\r\n",                   # absolute-form target
+    b"GET ../../secret.txt HTTP/1.1\r\nHost: x\r\n\r\n",
+    b"GET /audio/%2e%2e%2fsecret.txt HTTP/1.0\r\n\r\n",
+    b"GET /audio/\xff\xfe HTTP/1.1\r\nHost: x\r\n\r\n",
+])
+def test_raw_malformed_targets_are_refused(site, raw):
+    status, reply = raw_request(site["port"], raw)
+    _refused(status, reply)
+    assert not reply.lower().count(b"content-type: audio/")
+
+
+# -- oversize and malformed values --------------------------------------------------------------
+def test_oversize_and_malformed_requests_are_refused_and_the_server_survives(site):
+    port = site["port"]
+    fid = str(_ok(site)["id"].iloc[0])
+    # an oversize target, an oversize query value, an oversize header: refused or closed
+    for raw in [b"GET /audio/" + b"a" * 200_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+                f"GET /audio/{fid}?q=".encode() + b"%2e" * 60_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+                f"GET /?bokeh-session-id={'x' * 100_000} HTTP/1.1\r\nHost: x\r\n\r\n".encode(),
+                f"GET /audio/{fid} HTTP/1.1\r\nHost: x\r\nX-Big: {'y' * 100_000}\r\n\r\n".encode()]:
+        status, reply = raw_request(port, raw)
+        assert status in (None, 400, 404, 413, 414, 431), status
+        assert SECRET not in reply
+    # malformed request lines and a body on GET
+    for raw in [b"GARBAGE\r\n\r\n", b"GET\r\n\r\n", b"GET /audio/x HTTP/9.9\r\n\r\n",
+                b"GET /audio/x HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n",
+                b"GET /audio/x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nZZ\r\n"]:
+        status, reply = raw_request(port, raw)
+        assert status in (None, 400, 404, 405, 505), (raw, status)
+    # malformed query values on the app page: a page or a refusal, never a server error
+    for q in ["?%zz=%ff", "?a=%00%00", "?" + "&".join(f"k{i}=v" for i in range(2000)), "?theme=../../x"]:
+        status, _, body = http_get(port, "/" + q)
+        assert status < 500, (q, status)
+    # malformed ranges: the whole file, a valid part, or 416; never more than the file, never 500
+    size = len(http_get(port, f"/audio/{fid}")[2])
+    for rng in ["bytes=abc", "bytes=5-1", "bytes=-0", "bytes=0-1,3-4", "bytes=99999999999999999999-",
+                "bytes=-99999999999999999999", "bytes=" + "0-1," * 5000, "lines=0-10", "bytes=0-" + "9" * 400]:
+        status, headers, body = http_get(port, f"/audio/{fid}", headers={"Range": rng})
+        assert status in (200, 206, 400, 416, 431), (rng, status)
+        assert len(body) <= size
+    # methods other than GET/HEAD change nothing
+    for method in ("POST", "PUT", "DELETE", "PATCH"):
+        status, _, _ = http_get(port, f"/audio/{fid}", method=method)
+        assert status == 405, (method, status)
+    assert http_get(port, f"/audio/{fid}", method="HEAD")[0] == 200
+
+
+# -- the closed list ---------------------------------------------------------------------------
+def test_nothing_outside_the_manifest_ok_files_is_ever_served(site):
+    """Every file under and beside the library, asked for by its would-be id, its path, and its
+    name: only the manifest's ok files are served (not the skipped one, not the one added later,
+    not the link leading outside, not the notes)."""
+    port, lib, man = site["port"], site["lib"], site["man"]
+    ok_ids = set(_ok(site)["id"])
+    served = set()
+    for p in sorted(site["root"].rglob("*")):
+        if not (p.is_file() or p.is_symlink()) or "proj" in p.parts:
+            continue
+        try:
+            rel = p.relative_to(lib).as_posix()
+        except ValueError:
+            rel = p.relative_to(site["root"]).as_posix()
+        fid = file_id(rel)
+        status, headers, body = http_get(port, f"/audio/{fid}", method="HEAD")
+        if status == 200:
+            served.add(fid)
+        assert (status == 200) == (fid in ok_ids), (rel, status)
+        assert http_get(port, f"/audio/{rel}")[0] in (404, 400)
+    assert served == ok_ids and site["skipped"] not in served
+    assert file_id("added_later.wav") not in served and file_id("zz/link_out.wav") not in served
+    assert man.set_index("path").loc["zz/link_out.wav", "status"] == "skipped"
+    assert man["status"].iloc[0] == "ok"
