@@ -212,10 +212,10 @@ def _overrides(args: argparse.Namespace, mapping: dict[str, str]) -> dict[str, A
     return out
 
 
-def _configure(proj, args: argparse.Namespace, mapping: dict[str, str]):
+def _configure(proj, args: argparse.Namespace, mapping: dict[str, str], *, write: bool = True):
     from .pipeline import prepare_config
 
-    return prepare_config(proj, preset=getattr(args, "preset", None), overrides=_overrides(args, mapping))
+    return prepare_config(proj, preset=getattr(args, "preset", None), overrides=_overrides(args, mapping), write=write)
 
 
 def _print_json(obj: Any) -> None:
@@ -274,7 +274,7 @@ def run_features(args: argparse.Namespace) -> int:
     from .features import extract
     cfg = _configure(proj, args, {"sets": "features.sets", "device": "features.device", "batch_size": "features.batch_size",
                                   "workers": "features.workers", "frames": "features.frames",
-                                  "window": "features.window", "hop": "features.hop"})
+                                  "window": "features.window", "hop": "features.hop"}, write=False)
     summary = extract(proj, cfg, progress=not args.quiet)
     _print_json(summary)
     return 0
@@ -287,7 +287,7 @@ def run_embed(args: argparse.Namespace) -> int:
     cfg = _configure(proj, args, {"method": "reduce.method", "features": "reduce.features", "engine": "reduce.engine",
                                   "n_neighbors": "reduce.n_neighbors", "min_dist": "reduce.min_dist",
                                   "metric": "reduce.metric", "perplexity": "reduce.perplexity",
-                                  "pca_components": "reduce.pca_components", "seed": "seed"})
+                                  "pca_components": "reduce.pca_components", "seed": "seed"}, write=False)
     name = args.name or f"{cfg.reduce.features}-{cfg.reduce.method}"
     df = embed(proj, cfg, name=name, progress=not args.quiet)
     print(f"embedding: {proj.embedding_path(name)}  ({len(df)} points)")

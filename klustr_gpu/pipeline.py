@@ -13,16 +13,19 @@ from .store import Project
 log = logging.getLogger(__name__)
 
 
-def prepare_config(project: Project, *, preset: str | None = None, overrides: dict[str, Any] | None = None) -> Config:
+def prepare_config(project: Project, *, preset: str | None = None, overrides: dict[str, Any] | None = None,
+                   write: bool = True) -> Config:
     """The config of this run: the preset named (or the project's own, or the default), with
-    ``overrides`` (``{"section.key": value}``) applied, written to klustr.toml before any work."""
+    ``overrides`` (``{"section.key": value}``) applied, written to klustr.toml before any work
+    (``write=False`` leaves that to the stage, which first checks that its device or engine can run)."""
     if preset is not None or not project.config_path.exists():
         cfg = Config.preset_named(preset or "default")
     else:
         cfg = project.load_config()
     if overrides:
         cfg = cfg.updated(overrides)
-    project.write_config(cfg)
+    if write:
+        project.write_config(cfg)
     return cfg
 
 
@@ -47,9 +50,15 @@ def run_map(
     from .reduce import embed
     from .render import render
 
+    from .features.pipeline import resolve_device
+    from .reduce import resolve_engine
+
     proj = project if isinstance(project, Project) else Project(project)
     proj.ensure()
-    cfg = prepare_config(proj, preset=preset, overrides=overrides)
+    cfg = prepare_config(proj, preset=preset, overrides=overrides, write=False)
+    resolve_device(cfg.features.device)      # an impossible device or engine fails before any work
+    resolve_engine(cfg.reduce.engine)
+    proj.write_config(cfg)
     times: dict[str, float] = {}
 
     t = time.perf_counter()

@@ -65,3 +65,35 @@ def test_scan_command_writes_manifest_and_config(demo_library, tmp_path):
     assert "210 files, 210 ok" in r.stdout
     toml = (tmp_path / "p" / "klustr.toml").read_text()
     assert 'preset = "klustr"' in toml and "sample_rate = 48000" in toml
+
+
+@pytest.mark.parametrize("argv", [
+    ["map", "{lib}", "-o", "{tmp}/p", "--engine", "cuml"],
+    ["map", "{lib}", "-o", "{tmp}/p", "--device", "cuda"],
+])
+def test_impossible_engine_or_device_fails_before_work(demo_library, tmp_path, argv):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present: these choices can run")
+    r = run(*[a.format(lib=demo_library, tmp=tmp_path) for a in argv])
+    assert r.returncode == 2, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "p" / "manifest.parquet").exists()
+    assert not (tmp_path / "p" / "klustr.toml").exists()
+
+
+def test_failed_engine_choice_is_not_saved(demo_project, tmp_path):
+    import shutil
+
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    proj = tmp_path / "p"
+    shutil.copytree(demo_project, proj)
+    before = (proj / "klustr.toml").read_text() if (proj / "klustr.toml").exists() else None
+    r = run("embed", proj, "--engine", "cuml", "-q")
+    assert r.returncode == 2 and "cuml" in r.stderr.lower()
+    after = (proj / "klustr.toml").read_text() if (proj / "klustr.toml").exists() else None
+    assert after == before
