@@ -73,6 +73,20 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
 
 
+def _add_cluster(p: argparse.ArgumentParser, what: str = "extract features on a Dask cluster") -> None:
+    p.add_argument("--cluster", metavar="SPEC",
+                   help=f"{what}: local:N (N worker processes here), cuda (one worker per GPU) or "
+                        "tcp://HOST:PORT (a running scheduler)")
+
+
+def _check_cluster(args: argparse.Namespace) -> None:
+    """A bad --cluster fails before any work."""
+    if getattr(args, "cluster", None):
+        from .cluster import parse
+
+        parse(args.cluster)
+
+
 def _add_labels(p: argparse.ArgumentParser) -> None:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--labels", metavar="CSV", help="CSV of path,label (paths relative to LIBRARY)")
@@ -100,7 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=DEVICES, help="where features are computed (default auto)")
     p.add_argument("--engine", choices=ENGINES, help="reduction engine (default auto: cuml, torchdr on GPU, else cpu)")
     p.add_argument("--method", choices=METHODS, help="reduction method (default umap)")
-    p.add_argument("--features", choices=FEATURE_SETS, help="feature set the map is made from (default mfcc)")
+    p.add_argument("--features", choices=FEATURE_SETS, help="feature set the map is made from (default timbre)")
+    _add_cluster(p)
     _add_common(p)
     p.set_defaults(func=run_map)
 
@@ -120,6 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frames", action="store_true", help="frame mode: one point per window of long recordings")
     p.add_argument("--window", type=_positive_float, metavar="SECONDS", help="frame mode window (default 0.5)")
     p.add_argument("--hop", type=_positive_float, metavar="SECONDS", help="frame mode hop (default 0.25)")
+    _add_cluster(p)
     _add_common(p)
     p.set_defaults(func=run_features)
 
@@ -135,6 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--perplexity", type=_positive_float)
     p.add_argument("--pca-components", type=int, metavar="K", help="PCA before t-SNE/UMAP (0: none)")
     p.add_argument("--seed", type=int)
+    _add_cluster(p, "place the points beyond the fitted sample (above reduce.sample_threshold) on a Dask cluster")
     _add_common(p)
     p.set_defaults(func=run_embed)
 
@@ -232,9 +249,11 @@ def run_map(args: argparse.Namespace) -> int:
         raise UsageError(f"library folder {lib} does not exist" if not lib.exists() else f"library {lib} is not a folder")
     if args.labels and not Path(args.labels).is_file():
         raise UsageError(f"labels file {args.labels} does not exist")
+    _check_cluster(args)
     proj = _project(args.output, must_exist=False).ensure()
     overrides = _overrides(args, {"device": "features.device", "engine": "reduce.engine",
-                                  "method": "reduce.method", "features": "reduce.features"})
+                                  "method": "reduce.method", "features": "reduce.features",
+                                  "cluster": "features.cluster"})
     if args.features:
         from .config import Config
         base = Config.preset_named(args.preset or "default")
@@ -270,11 +289,13 @@ def run_scan(args: argparse.Namespace) -> int:
 def run_features(args: argparse.Namespace) -> int:
     """Compute feature sets for every ok file of PROJECT in batches (torch, CPU or CUDA) into
     PROJECT/features/<set>/. Resumable: rerun after a crash and only unfinished shards are done."""
+    _check_cluster(args)
     proj = _project(args.project)
     from .features import extract
     cfg = _configure(proj, args, {"sets": "features.sets", "device": "features.device", "batch_size": "features.batch_size",
                                   "workers": "features.workers", "frames": "features.frames",
-                                  "window": "features.window", "hop": "features.hop"}, write=False)
+                                  "window": "features.window", "hop": "features.hop",
+                                  "cluster": "features.cluster"}, write=False)
     summary = extract(proj, cfg, progress=not args.quiet)
     _print_json(summary)
     return 0
@@ -282,6 +303,7 @@ def run_features(args: argparse.Namespace) -> int:
 
 def run_embed(args: argparse.Namespace) -> int:
     """Reduce a feature set of PROJECT to 2-D (UMAP, t-SNE or PCA) into PROJECT/embeddings/<name>.parquet."""
+    _check_cluster(args)
     proj = _project(args.project)
     from .reduce import embed
     cfg = _configure(proj, args, {"method": "reduce.method", "features": "reduce.features", "engine": "reduce.engine",
@@ -289,7 +311,7 @@ def run_embed(args: argparse.Namespace) -> int:
                                   "metric": "reduce.metric", "perplexity": "reduce.perplexity",
                                   "pca_components": "reduce.pca_components", "seed": "seed"}, write=False)
     name = args.name or f"{cfg.reduce.features}-{cfg.reduce.method}"
-    df = embed(proj, cfg, name=name, progress=not args.quiet)
+    df = embed(proj, cfg, name=name, progress=not args.quiet, cluster=args.cluster)
     print(f"embedding: {proj.embedding_path(name)}  ({len(df)} points)")
     return 0
 

@@ -30,7 +30,7 @@ def parse(spec: str) -> tuple[str, int | str | None]:
     spec = spec.strip()
     m = _LOCAL.match(spec)
     if m:
-        n = int(m.group(1) or 0) or None
+        n = None if m.group(1) is None else int(m.group(1))
         if n is not None and n < 1:
             raise UsageError(f"--cluster {spec!r}: need at least one worker")
         return "local", n
@@ -48,13 +48,37 @@ def client(spec: str | None) -> Iterator["object | None"]:
         yield None
         return
     kind, arg = parse(spec)
+    with _quiet_dask():
+        with _open(kind, arg) as c:
+            log.info("dask: %s (%d workers)", spec, len(c.scheduler_info().get("workers", {})))
+            yield c
+
+
+@contextlib.contextmanager
+def _quiet_dask() -> Iterator[None]:
+    """Dask's own INFO chatter (scheduler, nannies) only with klustr's debug logging."""
+    import distributed  # noqa: F401  (importing it sets its loggers' levels: do that first)
+
+    dl = logging.getLogger("distributed")
+    before = dl.level
+    if not log.isEnabledFor(logging.DEBUG):
+        dl.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        dl.setLevel(before)
+
+
+@contextlib.contextmanager
+def _open(kind: str, arg) -> Iterator["object"]:
     from distributed import Client, LocalCluster
 
     if kind == "local":
         import os
 
         n = arg or max(1, (os.cpu_count() or 2))
-        cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None)
+        cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None,
+                               silence_logs=logging.WARNING)
     elif kind == "cuda":
         try:
             from dask_cuda import LocalCUDACluster
@@ -63,8 +87,12 @@ def client(spec: str | None) -> Iterator["object | None"]:
         cluster = LocalCUDACluster()
     else:
         cluster = None
-    c = Client(cluster if cluster is not None else arg)
-    log.info("dask: %s (%d workers)", spec, len(c.scheduler_info().get("workers", {})))
+    try:
+        c = Client(cluster if cluster is not None else arg)
+    except OSError as exc:          # an address nobody answers at (or a cluster that cannot start)
+        if cluster is not None:
+            cluster.close()
+        raise UsageError(f"--cluster: cannot connect to the Dask scheduler at {arg}: {exc}") from None
     try:
         yield c
     finally:

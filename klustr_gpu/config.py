@@ -1,15 +1,18 @@
 """One typed configuration object: every default of klustr_gpu lives here, once.
 
 A :class:`Config` is a tree of small dataclasses (``audio``, ``scan``, ``features``, ``stft``,
-``mfcc``, ``mir``, ``mel``, ``reduce``, ``render``). It is written to ``PROJECT/klustr.toml``
+``mfcc``, ``mir``, ``mel``, ``timbre``, ``reduce``, ``render``). It is written to ``PROJECT/klustr.toml``
 before any stage starts, so every run is reproducible and diffable.
 
 Two presets:
 
 ``default``
     For general sample libraries: 22.05 kHz mono, 1.0 s clips (long enough for snares,
-    claps and cymbal tails, short enough to batch), summary-statistics MFCCs (mean and std of
-    20 coefficients + deltas) which are robust to onset jitter, standardised, PCA to 32
+    claps and cymbal tails, short enough to batch), the ``timbre`` set (20 MFCCs of the
+    peak-relative log-mel spectrogram averaged over 0-20, 20-50, 50-100, 100-200 and 200-500 ms
+    after the start, plus log decay times to -10/-20/-40/-60 dB: attack, body and tail apart;
+    104 dims; on the Hydrogen drums 0.90 10-NN accuracy in feature space against 0.84 for the
+    ``mfcc`` set's whole-clip mean/std, which stays available), standardised, PCA to 32
     components, then UMAP (n_neighbors 15, min_dist 0.1).
 ``klustr``
     The 2017 settings: 48 kHz mono, 0.25 s clips, n_fft 1024 / hop 256 STFT fingerprint,
@@ -32,7 +35,7 @@ from .errors import UsageError
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".aiff", ".aif", ".ogg", ".mp3")
 FFMPEG_EXTENSIONS = (".m4a", ".aac", ".opus", ".wma", ".mp4", ".webm")
-FEATURE_SETS = ("stft", "mfcc", "mir", "mel")
+FEATURE_SETS = ("stft", "mfcc", "mir", "mel", "timbre")
 METHODS = ("umap", "tsne", "pca")
 ENGINES = ("auto", "cuml", "torchdr", "cpu")
 DEVICES = ("auto", "cpu", "cuda")
@@ -60,7 +63,7 @@ class ScanConfig:
 
 @dataclass
 class FeatureConfig:
-    sets: list[str] = field(default_factory=lambda: ["mfcc"])
+    sets: list[str] = field(default_factory=lambda: ["timbre"])
     device: str = "auto"
     batch_size: int = 256
     workers: int = 0                 # 0 = choose from the CPU count
@@ -68,6 +71,7 @@ class FeatureConfig:
     frames: bool = False
     window: float = 0.5              # frame mode: seconds per point
     hop: float = 0.25                # frame mode: seconds between points
+    cluster: str = ""                # Dask cluster: "" (in-process), local:N, cuda, tcp://HOST:PORT
 
 
 @dataclass
@@ -104,9 +108,24 @@ class MelConfig:
 
 
 @dataclass
+class TimbreConfig:
+    """Onset-segment MFCCs + decay times (see :class:`klustr_gpu.features.transforms.Timbre`)."""
+
+    n_mfcc: int = 20
+    n_mels: int = 128
+    n_fft: int = 1024
+    hop_length: int = 128
+    floor_db: float = 60.0           # log-mel relative to the clip's peak, floored this far below
+    segments: list[float] = field(default_factory=lambda: [0.0, 0.02, 0.05, 0.1, 0.2, 0.5])  # seconds
+    decay_drops: list[float] = field(default_factory=lambda: [10.0, 20.0, 40.0, 60.0])      # dB below the peak
+    decay_frame: int = 1024          # RMS envelope frame / hop (samples) for the decay times
+    decay_hop: int = 256
+
+
+@dataclass
 class ReduceConfig:
     method: str = "umap"
-    features: str = "mfcc"
+    features: str = "timbre"
     engine: str = "auto"
     standardize: bool = True
     pca_components: int = 32         # 0 = no PCA before t-SNE/UMAP
@@ -158,6 +177,7 @@ class Config:
     mfcc: MFCCConfig = field(default_factory=MFCCConfig)
     mir: MIRConfig = field(default_factory=MIRConfig)
     mel: MelConfig = field(default_factory=MelConfig)
+    timbre: TimbreConfig = field(default_factory=TimbreConfig)
     reduce: ReduceConfig = field(default_factory=ReduceConfig)
     render: RenderConfig = field(default_factory=RenderConfig)
     score: ScoreConfig = field(default_factory=ScoreConfig)

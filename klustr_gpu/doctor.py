@@ -42,6 +42,10 @@ def _tmp_leftovers(root: Path) -> list[Path]:
     return sorted(found)
 
 
+def _files(n: int) -> str:
+    return f"{n} audio file" + ("" if n == 1 else "s")
+
+
 def _lock_holder(lock: Path) -> str | None:
     """Who holds the project's lock (its note), or None when nobody does."""
     if not lock.exists():
@@ -111,11 +115,11 @@ def check(project: str | Path | Project, *, fix: bool = False, max_missing_liste
             if st.st_size != size or abs(st.st_mtime - mtime) > 1e-3:
                 changed.append(rel)
         if missing:
-            out.append(Finding("error", f"{len(missing)} audio files listed in the manifest are missing: "
+            out.append(Finding("error", f"{_files(len(missing))} listed in the manifest {'is' if len(missing) == 1 else 'are'} missing: "
                                + ", ".join(missing[:max_missing_listed]) + (" ..." if len(missing) > max_missing_listed else ""),
                                f"restore them, or rescan: `klustr scan {root} -o {p}` then `klustr features {p}`"))
         if changed:
-            out.append(Finding("warn", f"{len(changed)} audio files changed since the scan: "
+            out.append(Finding("warn", f"{_files(len(changed))} changed since the scan: "
                                + ", ".join(changed[:max_missing_listed]) + (" ..." if len(changed) > max_missing_listed else ""),
                                f"rescan and update: `klustr scan {root} -o {p}` then `klustr features {p}` (only they are recomputed)"))
         if not missing and not changed:

@@ -70,7 +70,7 @@ def run_map(
     times["features"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    emb = embed(proj, cfg, progress=progress)
+    emb = embed(proj, cfg, progress=progress, cluster=cfg.features.cluster or None)
     times["embed"] = time.perf_counter() - t
     name = f"{cfg.reduce.features}-{cfg.reduce.method}"
     proj.set_default_embedding(name)

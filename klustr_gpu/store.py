@@ -293,19 +293,19 @@ class Project:
         with _HELD_GUARD:
             _HELD[key] = 1
         try:
-            try:                      # who holds it: a courtesy for the refusal message only
-                fh.seek(0)
-                fh.truncate()
-                fh.write(f"pid {os.getpid()} ({what})")
-                fh.flush()
+            try:                      # who holds it: a courtesy for the refusal message only (unbuffered,
+                os.ftruncate(fh.fileno(), 0)          # so a full disk cannot fail it later, at close)
+                os.pwrite(fh.fileno(), f"pid {os.getpid()} ({what})".encode(), 0)
             except OSError:
                 pass
             yield
         finally:
             with _HELD_GUARD:
                 _HELD.pop(key, None)
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
-            fh.close()
+            with contextlib.suppress(OSError):
+                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+            with contextlib.suppress(OSError):
+                fh.close()
 
 
 #: project locks held here: (pid, thread, resolved folder) -> depth

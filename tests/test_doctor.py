@@ -19,7 +19,7 @@ from klustr_gpu.library import scan
 from klustr_gpu.store import read_parquet_metadata
 
 REPO = Path(__file__).resolve().parents[1]
-CFG = Config().updated({"features.sets": ["mfcc"], "features.device": "cpu", "reduce.engine": "cpu",
+CFG = Config().updated({"features.sets": ["mfcc"], "reduce.features": "mfcc", "features.device": "cpu", "reduce.engine": "cpu",
                         "reduce.method": "pca"})
 
 
@@ -86,7 +86,7 @@ def test_missing_audio_files(base, tmp_path, capsys):
     gone = sorted(lib.rglob("*.wav"))[:2]
     for g in gone:
         g.unlink()
-    msg = one(check(p), "error", "audio files listed in the manifest are missing")
+    msg = one(check(p), "error", "listed in the manifest are missing")
     assert msg.startswith("2 audio files") and gone[0].name in msg and "klustr scan" in msg
     assert main(["doctor", str(p.path), "-q"]) == 1
     out = capsys.readouterr().out
@@ -100,7 +100,7 @@ def test_changed_audio_files(base, tmp_path):
     f = sorted(lib.rglob("*.wav"))[3]
     sf.write(f, tone(22050, 0.9, 1234), 22050)       # new content, new size
     msg = one(check(p), "warn", "changed since the scan")
-    assert f.name in msg and "klustr features" in msg
+    assert msg.startswith("1 audio file changed") and f.name in msg and "klustr features" in msg
     assert healthy(check(p))                          # a warning: the map still works
 
 

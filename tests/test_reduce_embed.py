@@ -26,7 +26,7 @@ def featured(demo_project, tmp_path_factory):
 
     proj = tmp_path_factory.mktemp("reduce") / "project"
     shutil.copytree(demo_project, proj)
-    extract(proj, sets=["mfcc"], progress=False)
+    extract(proj, Config().updated({"reduce.features": "mfcc"}), sets=["mfcc"], progress=False)
     return proj
 
 
@@ -113,7 +113,7 @@ def test_real_drum_kits_umap_and_tsne_beat_pca(hydrogen_library, tmp_path):
 
     proj = tmp_path / "hydrogen"
     scan(hydrogen_library, proj, labels=hydrogen_library / "labels.csv", progress=False)
-    extract(proj, sets=["mfcc"], progress=False)
+    extract(proj, Config().updated({"reduce.features": "mfcc"}), sets=["mfcc"], progress=False)
     acc = {m: knn_accuracy(embed(proj, method=m, progress=False)) for m in ("pca", "umap", "tsne")}
     assert acc["umap"] > acc["pca"] + 0.05 and acc["tsne"] > acc["pca"] + 0.05, acc
     Xp = preprocess(load(proj, "mfcc").X, pca_components=32)

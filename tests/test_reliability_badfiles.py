@@ -49,7 +49,7 @@ def _scan_then_decode(path: Path) -> str:
 edits = st.lists(st.tuples(st.integers(0, 1 << 20), st.binary(min_size=1, max_size=16)), min_size=1, max_size=6)
 
 
-@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(name=st.sampled_from(["pcm16.wav", "float.wav", "a.flac", "a.aiff", "a.ogg"]), edits=edits,
        truncate=st.one_of(st.none(), st.integers(0, 1 << 20)), header_bias=st.booleans())
 def test_random_corruption_gives_a_clip_or_a_reason(originals, tmp_path, name, edits, truncate, header_bias):
@@ -64,6 +64,13 @@ def test_random_corruption_gives_a_clip_or_a_reason(originals, tmp_path, name, e
     try:
         t0 = time.monotonic()
         result = _scan_then_decode(path)
+        # what a features worker does with it (frame mode too): a row or a reason, never a raise
+        from klustr_gpu.features.pipeline import Item, decode_task
+
+        for frames in (None, (0.1, 0.05)):
+            [(_, rows, reason)] = decode_task([Item(0, str(path), 0, 2)], AUDIO, frames)
+            assert (rows is None) != (reason is None)
+            assert rows is None or np.isfinite(rows).all()
         assert time.monotonic() - t0 < HANG_S
     finally:
         faulthandler.cancel_dump_traceback_later()

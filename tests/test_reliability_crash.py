@@ -29,7 +29,7 @@ KLUSTR = [sys.executable, "-m", "klustr_gpu.cli"]
 SEEDS = [0, 1, 2]
 #: embed and grid runs cost more; one seed each by default, KLUSTR_CRASH_SEEDS=3 for more
 MORE = SEEDS[:max(1, int(os.environ.get("KLUSTR_CRASH_SEEDS", "1")))]
-CFG = Config().updated({"features.sets": ["mfcc"], "features.device": "cpu", "features.shard_size": 16,
+CFG = Config().updated({"features.sets": ["mfcc"], "reduce.features": "mfcc", "features.device": "cpu", "features.shard_size": 16,
                         "features.batch_size": 8, "reduce.engine": "cpu", "reduce.method": "umap",
                         "score.methods": ["umap", "pca"]})
 

@@ -245,3 +245,44 @@ def test_nothing_outside_the_manifest_ok_files_is_ever_served(site):
     assert file_id("added_later.wav") not in served and file_id("zz/link_out.wav") not in served
     assert man.set_index("path").loc["zz/link_out.wav", "status"] == "skipped"
     assert man["status"].iloc[0] == "ok"
+
+
+def test_a_file_replaced_after_the_scan_is_not_served(site):
+    """(Runs last: it changes the library.) A manifest file replaced by a link to a secret, or
+    rewritten, is no longer the file scanned: 404 until a rescan, never the new content."""
+    port, ok = site["port"], _ok(site)
+    linked, rewritten = ok.iloc[-2], ok.iloc[-3]
+    p = site["proj"].audio_path(linked["path"])
+    p.unlink()
+    p.symlink_to(site["root"] / "secret.txt")
+    status, headers, body = http_get(port, f"/audio/{linked['id']}")
+    assert status == 404 and SECRET not in body
+    q = site["proj"].audio_path(rewritten["path"])
+    q.write_bytes(q.read_bytes() + SECRET)
+    status, headers, body = http_get(port, f"/audio/{rewritten['id']}")
+    assert status == 404 and SECRET not in body
+    assert http_get(port, f"/audio/{ok.iloc[0]['id']}", method="HEAD")[0] == 200
+
+
+def test_websocket_from_another_origin_is_refused(site):
+    """A page on another site cannot drive the app: the websocket handshake with a valid session
+    token succeeds from the served origin (101) and is refused from any other (403)."""
+    import base64
+    import os
+    import re
+
+    port = site["port"]
+    status, _, page = http_get(port, "/")
+    token = re.search(rb'"token"\s*:\s*"([^"]+)"', page).group(1).decode()
+    got = {}
+    for origin in (f"http://127.0.0.1:{port}", "http://evil.example", "null"):
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        try:
+            conn.request("GET", "/ws", headers={
+                "Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13",
+                "Sec-WebSocket-Key": base64.b64encode(os.urandom(16)).decode(), "Origin": origin,
+                "Sec-WebSocket-Protocol": f"bokeh, {token}"})
+            got[origin] = conn.getresponse().status
+        finally:
+            conn.close()
+    assert got == {f"http://127.0.0.1:{port}": 101, "http://evil.example": 403, "null": 403}, got

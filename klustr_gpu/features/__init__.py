@@ -2,7 +2,8 @@
 
 Feature sets (see :mod:`klustr_gpu.features.transforms` for exact definitions):
 ``stft`` (the 2017 32x32 STFT fingerprint), ``mfcc`` (stats or grid, optional deltas),
-``mir`` (8 per-frame descriptors, stats or z-scored grid), ``mel`` (log-mel grid).
+``mir`` (8 per-frame descriptors, stats or z-scored grid), ``mel`` (log-mel grid),
+``timbre`` (onset-segment MFCCs + decay times; the default set).
 
 Public API::
 
@@ -51,7 +52,7 @@ def _project(project: str | Path | Project) -> Project:
 
 
 def extract(project, config: Config | None = None, *, sets=None, device=None, batch_size=None, workers=None,
-            frames=None, window=None, hop=None, progress=True) -> dict[str, Any]:
+            frames=None, window=None, hop=None, cluster=None, progress=True) -> dict[str, Any]:
     """Compute feature sets for every ok file of ``project``'s manifest.
 
     Writes ``PROJECT/features/<set>/`` (frame mode: ``PROJECT/features/<set>@frames/``).
@@ -61,6 +62,11 @@ def extract(project, config: Config | None = None, *, sets=None, device=None, ba
     Finished shards are kept: a killed run resumes, an unchanged rerun computes nothing, and
     after a rescan only new or changed files are computed. Files that fail to decode are marked
     ``skipped`` in the manifest with their reason.
+
+    ``cluster``: a Dask cluster spec (``local:N``, ``cuda``, ``tcp://HOST:PORT``; see
+    :mod:`klustr_gpu.cluster`) or a ``distributed.Client`` already connected: every manifest
+    shard is computed as one task on the workers (clip mode only), with the same results as
+    the in-process run. Default: the config's ``features.cluster`` ("" = in-process).
 
     Returns ``{set: {n_rows, dim, computed, reused, seconds}, "skipped": {id: reason},
     "device": str, "frames": bool, "seconds": float}``.
@@ -77,19 +83,42 @@ def extract(project, config: Config | None = None, *, sets=None, device=None, ba
                 value = [v.strip() for item in ([value] if isinstance(value, str) else value)
                          for v in str(item).split(",") if v.strip()]
             overrides[f"features.{key}"] = value
+    client = None
+    if cluster is not None and not isinstance(cluster, str):
+        client = cluster                                        # an existing distributed.Client
+    elif cluster is not None:
+        overrides["features.cluster"] = cluster
     cfg = cfg.updated(overrides) if overrides else cfg
     cfg.validate()
     if not cfg.features.sets:
-        raise UsageError("no feature set given; choose from: stft, mfcc, mir, mel")
+        raise UsageError("no feature set given; choose from: stft, mfcc, mir, mel, timbre")
     dev = resolve_device(cfg.features.device)
+    spec = cfg.features.cluster if client is None else "client"
+    if spec:
+        from .distributed import check_spec
+
+        check_spec(spec if client is None else "local", bool(cfg.features.frames))
     with proj.lock("features"):
         proj.write_config(cfg)
-        summary = run(proj, cfg, dev, progress=progress)
+        if spec:
+            summary = _run_on_cluster(proj, cfg, dev, client, progress)
+        else:
+            summary = run(proj, cfg, dev, progress=progress)
         new = _new_skips(proj, summary["skipped"])
         if new:
             proj.mark_skipped(new)
             log.warning("features: %d files could not be decoded (see manifest reasons)", len(new))
     return summary
+
+
+def _run_on_cluster(proj: Project, cfg: Config, dev, client, progress: bool) -> dict[str, Any]:
+    from ..cluster import client as open_client
+    from .distributed import run as run_distributed
+
+    if client is not None:
+        return run_distributed(proj, cfg, dev, client, progress=progress)
+    with open_client(cfg.features.cluster) as c:
+        return run_distributed(proj, cfg, dev, c, progress=progress)
 
 
 def _new_skips(proj: Project, skipped: dict[str, str]) -> dict[str, str]:

@@ -18,6 +18,9 @@ Sets and their layout (``T = 1 + samples // hop`` frames):
           zero-crossing rate. ``"grid"``: each descriptor z-scored over the clip's frames (as in
           2017), dim = 8 * T; ``"stats"``: mean and std of each descriptor, dim = 16.
 ``mel``   log-mel grid (``power_to_db`` of the slaney mel power spectrogram), dim = n_mels * T.
+``timbre`` onset-segment MFCCs + decay times (:class:`Timbre`): segment-major
+          ``(n_segments, n_mfcc)`` means, then one log decay time per drop;
+          dim = n_mfcc * n_segments + len(decay_drops) (104 by default).
 
 Spectrograms are ``torch.stft`` (what ``torchaudio.transforms.Spectrogram`` calls), centred with
 zero padding like ``librosa.stft``; mel banks and the DCT are torchaudio's
@@ -157,6 +160,77 @@ class MIR(_Spectral):
         return FX.summary_stats(d) if self.summary == "stats" else FX.zscore(d).flatten(-2)
 
 
+class Timbre(_Mel):
+    """(batch, time) -> (batch, n_mfcc * n_segments + len(decay_drops)): onset-segment MFCCs
+    plus log decay times, a one-shot's attack, body and tail described apart.
+
+    * MFCCs of the log-mel spectrogram of the first ``segments[-1]`` seconds of the clip
+      (zero-padded when shorter), taken *relative to the clip's peak* and floored at
+      ``-floor_db`` dB (so quiet tails do not dominate the cepstrum), averaged over the frames
+      whose time ``k * hop / sr`` lies in each segment ``[segments[i], segments[i + 1])``;
+    * for each drop in ``decay_drops``, ``log(t + 1e-3)`` of the time ``t`` (s, from the clip's
+      start) of the first frame at or after the RMS envelope's peak that is more than ``drop`` dB
+      below the peak (``rms``: frame ``decay_frame``, hop ``decay_hop``, centred, zero padding;
+      ``20 log10(rms + 1e-9)``), over the whole clip; a drop never reached gives the clip's
+      last frame time + 0.1 s. A clip zero-padded past the end of its file decays at the end.
+
+    Equals ``benchmarks/quality.py:segment_mfcc`` (librosa) without its duration column, with
+    the decay measured on the clip rather than on up to 4 s of the file.
+    """
+
+    def __init__(self, *, sample_rate: int, n_mfcc: int = 20, n_mels: int = 128, n_fft: int = 1024,
+                 hop_length: int = 128, floor_db: float = 60.0,
+                 segments: tuple[float, ...] = (0.0, 0.02, 0.05, 0.1, 0.2, 0.5),
+                 decay_drops: tuple[float, ...] = (10.0, 20.0, 40.0, 60.0), decay_frame: int = 1024,
+                 decay_hop: int = 256):
+        super().__init__(sample_rate=sample_rate, n_mels=n_mels, n_fft=n_fft, hop_length=hop_length)
+        segments = tuple(float(s) for s in segments)
+        if len(segments) < 2 or any(b <= a for a, b in zip(segments[:-1], segments[1:])) or segments[0] < 0:
+            raise ValueError(f"timbre segments must be increasing times >= 0, got {segments!r}")
+        self.sample_rate, self.floor_db = sample_rate, float(floor_db)
+        self.decay_drops = tuple(float(d) for d in decay_drops)
+        self.decay_frame, self.decay_hop = decay_frame, decay_hop
+        self.seg_samples = int(round(segments[-1] * sample_rate))
+        t = torch.arange(FX.n_frames(self.seg_samples, hop_length), dtype=torch.float64) * hop_length / sample_rate
+        cols = []
+        for a, b in zip(segments[:-1], segments[1:]):
+            m = ((t >= a) & (t < b)).to(torch.float64)
+            if not m.any():
+                raise ValueError(f"timbre segment [{a}, {b}) s holds no frame at hop {hop_length}")
+            cols.append(m / m.sum())
+        self.register_buffer("seg", torch.stack(cols, dim=1).float(), persistent=False)   # (frames, n_seg)
+        self.register_buffer("dct", torchaudio.functional.create_dct(n_mfcc, n_mels, "ortho"), persistent=False)
+
+    def segment_mfcc(self, y: torch.Tensor) -> torch.Tensor:
+        """(batch, time) -> (batch, n_segments, n_mfcc): peak-relative MFCCs per segment."""
+        y = FX.fit_length(y, self.seg_samples)
+        P = FX.power_spectrogram(y, self.window, n_fft=self.n_fft, hop_length=self.hop_length)
+        mel = torch.matmul(P.transpose(-1, -2), self.fb)                  # (..., frames, n_mels)
+        db = FX.power_to_db(mel + 1e-10, top_db=None)
+        db = torch.clamp(db - db.amax(dim=(-2, -1), keepdim=True), min=-self.floor_db)
+        c = torch.matmul(db, self.dct)                                    # (..., frames, n_mfcc)
+        return torch.matmul(self.seg.transpose(0, 1), c)
+
+    def decay_times(self, y: torch.Tensor) -> torch.Tensor:
+        """(batch, time) -> (batch, len(decay_drops)): log decay times (see the class doc)."""
+        db = 20.0 * torch.log10(FX.rms(y, frame_length=self.decay_frame, hop_length=self.decay_hop) + 1e-9)
+        db = db - db.amax(dim=-1, keepdim=True)
+        n = db.shape[-1]
+        frame = torch.arange(n, device=y.device)
+        after = frame >= db.argmax(dim=-1, keepdim=True)
+        step = self.decay_hop / self.sample_rate
+        cols = []
+        for drop in self.decay_drops:
+            hit = (db < -drop) & after
+            t = torch.argmax(hit.to(torch.uint8), dim=-1).to(y.dtype) * step
+            t = torch.where(hit.any(dim=-1), t, torch.full_like(t, (n - 1) * step + 0.1))
+            cols.append(torch.log(t + 1e-3))
+        return torch.stack(cols, dim=-1)
+
+    def forward(self, y: torch.Tensor, cache: dict | None = None) -> torch.Tensor:
+        return torch.cat([self.segment_mfcc(y).flatten(-2), self.decay_times(y)], dim=-1)
+
+
 class LogMel(_Mel):
     """(batch, time) -> (batch, n_mels * frames): the log-mel grid (dB, 80 dB floor per clip)."""
 
@@ -177,6 +251,11 @@ def build(name: str, cfg: Config) -> nn.Module:
     elif name == "mir":
         c = cfg.mir
         m = MIR(sample_rate=sr, n_fft=c.n_fft, hop_length=c.hop_length, summary=c.summary)
+    elif name == "timbre":
+        c = cfg.timbre
+        m = Timbre(sample_rate=sr, n_mfcc=c.n_mfcc, n_mels=c.n_mels, n_fft=c.n_fft, hop_length=c.hop_length,
+                   floor_db=c.floor_db, segments=tuple(c.segments), decay_drops=tuple(c.decay_drops),
+                   decay_frame=c.decay_frame, decay_hop=c.decay_hop)
     elif name == "mel":
         c = cfg.mel
         m = LogMel(sample_rate=sr, n_mels=c.n_mels, n_fft=c.n_fft, hop_length=c.hop_length)

@@ -2,10 +2,11 @@
 ``embeddings/<name>.parquet`` out)."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import time
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import pandas as pd
@@ -20,7 +21,7 @@ from .pca import check_features, preprocess
 
 log = logging.getLogger(__name__)
 
-_RUN_PARAMS = ("sample_threshold", "sample_size", "transform_batch", "progress")
+_RUN_PARAMS = ("sample_threshold", "sample_size", "transform_batch", "progress", "client")
 
 
 def _known_params() -> set[str]:
@@ -31,8 +32,15 @@ def _known_params() -> set[str]:
     return names | {"seed"}
 
 
-def _sample_fit(reducer, X: np.ndarray, size: int, seed: int, batch: int, progress: bool) -> np.ndarray:
-    """Fit on ``size`` random rows, place the others with ``reducer.transform`` in batches."""
+def _transform_rows(reducer, X: np.ndarray, batch: int) -> np.ndarray:
+    """One batch of points placed by a fitted reducer (also runs on Dask workers)."""
+    return np.asarray(reducer.transform(X, batch_size=batch), dtype=np.float32)
+
+
+def _sample_fit(reducer, X: np.ndarray, size: int, seed: int, batch: int, progress: bool,
+                client=None) -> np.ndarray:
+    """Fit on ``size`` random rows, place the others with ``reducer.transform`` in batches
+    (with ``client``, a ``distributed.Client``: the batches run on its workers)."""
     n = X.shape[0]
     rng = np.random.default_rng(seed)
     sample = np.sort(rng.choice(n, size=min(size, n), replace=False))
@@ -46,11 +54,25 @@ def _sample_fit(reducer, X: np.ndarray, size: int, seed: int, batch: int, progre
     rest = np.flatnonzero(rest)
     from tqdm.auto import tqdm
 
+    parts = [rest[s:s + batch] for s in range(0, rest.size, batch)]
     with tqdm(total=rest.size, desc="placing points", unit=" pts", disable=not progress) as bar:
-        for s in range(0, rest.size, batch):
-            rows = rest[s:s + batch]
-            Y[rows] = reducer.transform(X[rows], batch_size=batch)
-            bar.update(rows.size)
+        if client is None:
+            for rows in parts:
+                Y[rows] = _transform_rows(reducer, X[rows], batch)
+                bar.update(rows.size)
+            return Y
+        from distributed import as_completed
+
+        [fitted] = client.scatter([reducer], broadcast=True)
+        futures = {client.submit(_transform_rows, fitted, X[rows], batch, pure=False): rows for rows in parts}
+        try:
+            for f in as_completed(list(futures)):
+                rows = futures[f]
+                Y[rows] = f.result()
+                bar.update(rows.size)
+        except BaseException:
+            client.cancel(list(futures))
+            raise
     return Y
 
 
@@ -64,7 +86,8 @@ def fit_embedding(X, method: str, *, engine: str = "auto", knn=None, seed: int =
     ``n_iter``, ``n_epochs``, ...; those of another method are ignored) and
     ``sample_threshold`` / ``sample_size`` / ``transform_batch`` (above ``sample_threshold``
     points, fit on ``sample_size`` of them and place the rest with ``transform``, in batches,
-    with a progress bar if ``progress=True``).
+    with a progress bar if ``progress=True``; with ``client``, a ``distributed.Client``, the
+    batches are placed on its workers).
     """
     X = check_features(X, allow_no_columns=True)
     if method not in METHODS:
@@ -76,6 +99,7 @@ def fit_embedding(X, method: str, *, engine: str = "auto", knn=None, seed: int =
     size = params.pop("sample_size", 100_000)
     batch = params.pop("transform_batch", 100_000)
     progress = params.pop("progress", False)
+    client = params.pop("client", None)
     resolved = resolve_engine(engine)
     cls = ENGINES[resolved][method]
     reducer = make_reducer(method, resolved, random_state=seed,
@@ -84,7 +108,7 @@ def fit_embedding(X, method: str, *, engine: str = "auto", knn=None, seed: int =
     if knn is not None and np.asarray(knn[0]).shape[0] != n:
         raise UsageError(f"the neighbour graph has {np.asarray(knn[0]).shape[0]} rows; X has {n}")
     if method != "pca" and threshold and n > threshold and n > size:
-        return _sample_fit(reducer, X, size, seed, batch, progress)
+        return _sample_fit(reducer, X, size, seed, batch, progress, client)
     if method == "pca" or resolved != "cpu":
         knn = None
     return reducer.fit(X, knn=knn).embedding_
@@ -121,8 +145,21 @@ def _effective_config(proj: Project, config, method, features, engine, params) -
     return cfg.updated(data)
 
 
+@contextlib.contextmanager
+def _client(cluster) -> Iterator[Any]:
+    """A ``distributed.Client`` for a spec (started and closed here), a given Client, or None."""
+    if cluster is None or isinstance(cluster, str):
+        from ..cluster import client
+
+        with client(cluster or None) as c:
+            yield c
+    else:
+        yield cluster
+
+
 def embed(project, config: Config | None = None, *, method: str | None = None, features: str | None = None,
-          engine: str | None = None, name: str | None = None, progress: bool = True, **params) -> pd.DataFrame:
+          engine: str | None = None, name: str | None = None, progress: bool = True, cluster=None,
+          **params) -> pd.DataFrame:
     """Reduce a project's features to a 2-D map and write ``embeddings/<name>.parquet``.
 
     Loads the feature set (``features.load``), standardises and PCA-projects it
@@ -134,12 +171,20 @@ def embed(project, config: Config | None = None, *, method: str | None = None, f
     ``min_dist=0.0``, ``perplexity=50``, ``metric='correlation'``, ``pca_components=14``, and
     ``seed``); the effective config is written back to ``klustr.toml``. ``name`` defaults to
     ``"<features>-<method>"``. Holds the project lock. Returns the data frame.
+
+    ``cluster``: a Dask cluster spec (``local:N``, ``cuda``, ``tcp://HOST:PORT``) or a
+    ``distributed.Client``: above ``reduce.sample_threshold`` points, the points beyond the
+    fitted sample are placed on its workers (a cluster is started only then).
     """
     proj = Project(project)
     proj.require("manifest")
     cfg = _effective_config(proj, config, method, features, engine, dict(params))
     r = cfg.reduce
     resolved = resolve_engine(r.engine)        # an impossible engine fails before any work
+    if isinstance(cluster, str) and cluster:
+        from ..cluster import parse
+
+        parse(cluster)
     name = name or f"{r.features}-{r.method}"
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.=+-]*", name):
         raise UsageError(f"embedding name {name!r}: use letters, digits and _ . = + - only")
@@ -157,8 +202,10 @@ def embed(project, config: Config | None = None, *, method: str | None = None, f
                 and MIN_POINTS <= n <= r.sample_threshold):
             knn = cached_knn(proj.path / "neighbours", Xp, _graph_k(r, n), metric=r.metric,
                              tag=r.features, seed=cfg.seed)
-        Y = fit_embedding(Xp, r.method, engine=resolved, knn=knn, seed=cfg.seed, progress=progress,
-                          **_method_params(r))
+        sampled = r.method != "pca" and r.sample_threshold and n > r.sample_threshold and n > r.sample_size
+        with _client(cluster if sampled else None) as client:
+            Y = fit_embedding(Xp, r.method, engine=resolved, knn=knn, seed=cfg.seed, progress=progress,
+                              client=client, **_method_params(r))
         seconds = time.perf_counter() - t0
         df = pd.DataFrame({"id": table.ids, "file_id": table.file_ids,
                            "start": np.asarray(table.starts, dtype=np.float64),

@@ -1,7 +1,8 @@
 """What the server exposes, and nothing more.
 
 * The audio route ``/audio/<id>`` serves only files listed in the manifest with ``status="ok"``,
-  looked up by their 16-hex-digit id; no part of the request is ever used as a path. Anything
+  looked up by their 16-hex-digit id, and only while the file is still the one scanned (same
+  size and modification time); no part of the request is ever used as a path. Anything
   else (unknown, malformed, encoded traversal) is a 404.
 * Names (file names, labels, paths) are escaped wherever they enter HTML: :func:`esc`.
 * The server binds 127.0.0.1 unless told otherwise: :func:`is_loopback`.
@@ -15,6 +16,7 @@ import ipaddress
 import logging
 import mimetypes
 import re
+import stat
 from pathlib import Path
 
 from tornado import httputil
@@ -82,17 +84,41 @@ def audio_type(path: str | Path) -> str:
 
 
 class AudioIndex:
-    """id → absolute path of every ``ok`` file of the manifest; a closed list, built once."""
+    """id → absolute path of every ``ok`` file of the manifest; a closed list, built once.
 
-    def __init__(self, paths: dict[str, Path]):
+    With ``stats`` (id → (size, mtime) recorded by the scan), :meth:`current` also refuses a file
+    that is no longer the one scanned (replaced, e.g. by a link to something else)."""
+
+    def __init__(self, paths: dict[str, Path], stats: dict[str, tuple[int, float]] | None = None):
         self._paths = dict(paths)
+        self._stats = dict(stats or {})
 
     @classmethod
     def from_project(cls, project: Project) -> "AudioIndex":
         man = project.read_manifest()
         man = man[man["status"] == "ok"]
         root = project.library_root
-        return cls({str(i): root / str(p) for i, p in zip(man["id"], man["path"])})
+        ids = [str(i) for i in man["id"]]
+        return cls({i: root / str(p) for i, p in zip(ids, man["path"])},
+                   {i: (int(s), float(m)) for i, s, m in zip(ids, man["size"], man["mtime"])})
+
+    def current(self, file_id: object) -> Path | None:
+        """:meth:`lookup`, and only while the file on disk is a regular file with the size and
+        modification time the scan recorded; else ``None`` (rescan to serve a changed file)."""
+        path = self.lookup(file_id)
+        if path is None:
+            return None
+        try:
+            st = path.stat()
+        except OSError:
+            return None
+        if not stat.S_ISREG(st.st_mode):
+            return None
+        want = self._stats.get(str(file_id))
+        if want is not None and (st.st_size != want[0] or abs(st.st_mtime - want[1]) > 1e-3):
+            log.warning("audio: %s changed since the scan; not served (rescan the library)", path)
+            return None
+        return path
 
     def __len__(self) -> int:
         return len(self._paths)
@@ -127,8 +153,8 @@ class AudioHandler(StaticFileHandler):
         self._in_memory = False
 
     async def get(self, file_id: str, include_body: bool = True) -> None:  # type: ignore[override]
-        path = self._index.lookup(file_id)
-        if path is None or not path.is_file():
+        path = self._index.current(file_id)
+        if path is None:
             raise HTTPError(404)
         self._file = path
         wav = browser_wav(path)
