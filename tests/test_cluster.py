@@ -42,8 +42,11 @@ def quiet_dask():
 def client(quiet_dask):
     from distributed import Client, LocalCluster
 
-    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
-                           silence_logs=logging.CRITICAL)
+    from klustr_gpu.cluster import fast_malloc
+
+    with fast_malloc():
+        cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+                               silence_logs=logging.CRITICAL)
     with Client(cluster) as c:
         yield c
     cluster.close()
@@ -99,11 +102,12 @@ def test_local_cluster_equals_in_process(demo_project, tmp_path, client, referen
 def test_killed_worker_still_complete_and_identical(demo_project, tmp_path, client, reference):
     from distributed import Client, LocalCluster
 
+    from klustr_gpu.cluster import fast_malloc
     from klustr_gpu.features import distributed as dist, extract
 
     proj = _copy(demo_project, tmp_path, "killed")
     # a cluster of its own: the killed worker must not disturb the other tests
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+    with fast_malloc(), LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
                       silence_logs=logging.CRITICAL) as cluster, Client(cluster) as c:
         pids = c.run(os.getpid)                     # {worker address: pid}
         killed = []

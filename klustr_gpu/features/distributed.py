@@ -111,7 +111,8 @@ def shard_task(project: str, cfg_json: str, layout_hash: str, specs: list[SetSpe
         source = None
         if s.source is not None:
             src = Generation(**s.source)
-            source = _cached(("source", s.path, src.name), lambda: RowSource(SetStore(Path(s.path), s.name, s.frames), src))
+            source = _cached(("source", s.path, src.name),
+                             lambda: RowSource(SetStore(Path(s.path), s.name, s.frames), src))
         module = _cached(("module", cfg_json, s.name, str(device)), lambda: build(s.name, cfg).to(device))
         plans.append(SetPlan(s.name, store, gen, source, module=module))
     units = lo + np.flatnonzero(need)
