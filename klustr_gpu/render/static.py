@@ -49,7 +49,7 @@ def shade(points, *, by: str, color_key: dict[str, str], width: int, height: int
     img = shade_categorical(agg, color_key)
     px = spread_px(len(points), width, height) if max_px is None else max_px
     if px > 0:
-        img = tf.dynspread(img, threshold=0.5, max_px=px)
+        img = tf.dynspread(img, threshold=0.9, max_px=px)
     return img
 
 
