@@ -185,9 +185,7 @@ def test_grid_killed_anywhere_reruns_to_the_same_ranking(ref, tmp_path, seed):
         assert got["embeddings"][name]["scores"] == want["embeddings"][name]["scores"]
     print(f"grid seed {seed}: killed={killed} finished before the kill={sorted(finished)}")
     recomputed = [n for n, m in finished.items() if (emb / n).stat().st_mtime_ns != m]
-    if killed and recomputed:
-        pytest.xfail(f"grid recomputes maps finished before the kill ({', '.join(recomputed)}): "
-                     "klustr_gpu/score/grid.py has no resume (issue 5 report)")
+    assert not recomputed, f"maps finished before the kill were recomputed: {recomputed}"
 
 
 # -- disk full --------------------------------------------------------------------------------
@@ -318,3 +316,28 @@ def test_no_room_for_even_a_temporary_file(tmp_path, monkeypatch):
     with pytest.raises(StoreError, match="disk full"):
         atomic_write_text(target, "new")
     assert target.read_text() == "old"
+
+
+def test_grid_rerun_reuses_only_identical_finished_maps(ref, tmp_path):
+    """A grid rerun reuses a map an earlier run finished (file untouched, same scores) and
+    recomputes one whose features changed since."""
+    from klustr_gpu.score import grid
+
+    proj = copy_project(ref["full"].path, tmp_path / "p", keep=("features",))
+    grid(proj, CFG, quick=True, progress=False)
+    emb = proj.embeddings_dir
+    first = json.loads((proj.path / "scores.json").read_text())
+    stamps = {p.name: p.stat().st_mtime_ns for p in emb.glob("grid-*.parquet")}
+    victim = sorted(stamps)[0]
+    (emb / victim).unlink()
+    time.sleep(0.01)
+    grid(proj, CFG, quick=True, progress=False)
+    again = json.loads((proj.path / "scores.json").read_text())
+    assert again["ranking"] == first["ranking"]
+    for name in first["ranking"]:
+        assert again["embeddings"][name]["scores"] == first["embeddings"][name]["scores"]
+    for name, mtime in stamps.items():
+        assert ((emb / name).stat().st_mtime_ns == mtime) == (name != victim), name
+    # different features (another seed changes nothing here; a standardisation change does)
+    grid(proj, CFG.updated({"reduce.standardize": not CFG.reduce.standardize}), quick=True, progress=False)
+    assert all((emb / n).stat().st_mtime_ns != m for n, m in stamps.items() if n != victim)

@@ -83,8 +83,7 @@ def _stages(lib: Path):
 
 @pytest.mark.parametrize("stage", [
     "scan", "features", "embed", "grid", "render",
-    pytest.param("score", marks=pytest.mark.xfail(strict=True, reason="score() writes scores.json without the "
-                                                   "project lock (klustr_gpu/score/scoring.py; issue 5 report)")),
+    "score",
 ])
 def test_every_writing_stage_refuses_a_locked_project(small, tmp_path, stage):
     lib, base = small

@@ -212,17 +212,48 @@ def _ready() -> bool:
     return True
 
 
+#: A file (or block of windows) whose decode takes longer than this many seconds is skipped
+#: with the reason "decode timed out": a stuck disk or a codec caught in a loop must not hang the
+#: run. 0 disables it. Enforced with SIGALRM, so in a process's main thread (the main process and
+#: pool workers); decodes running in other threads (Dask workers) are not timed.
+DECODE_TIMEOUT_S = 120.0
+
+
+@contextlib.contextmanager
+def _deadline(seconds: float) -> Iterator[None]:
+    import signal
+    import threading
+
+    if not seconds or not hasattr(signal, "setitimer") or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def expired(_signum, _frame):
+        raise SkipFile(f"decode timed out after {seconds:g} s")
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 def decode_task(items: list[Item], audio: AudioConfig, frames: tuple[float, float] | None,
                 compute: tuple[str, tuple[str, ...]] | None = None) -> list[tuple]:
     """Decode a list of items -> list of (item, windows ndarray | None, skip reason | None).
 
     With ``compute=(config json, sets)`` (CPU runs) the features are computed here too, on the
     whole task as one batch -> list of (item, {set: rows} | None, reason, {set: seconds} | None).
+    Each item's decode is abandoned (skipped) after ``DECODE_TIMEOUT_S``.
     """
     out = []
     for it in items:
         try:
-            out.append((it, _decode_item(it, audio, frames), None))
+            with _deadline(DECODE_TIMEOUT_S):
+                x = _decode_item(it, audio, frames)
+            out.append((it, x, None))
         except SkipFile as exc:
             out.append((it, None, exc.reason))
     return out if compute is None else _compute_task(out, *compute)

@@ -7,6 +7,8 @@ sliced for every run (UMAP ``n_neighbors``, t-SNE ``3 x perplexity``). One progr
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import time
 import warnings
@@ -15,9 +17,10 @@ from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from ..config import FEATURE_SETS, METHODS, Config, ScoreConfig
-from ..errors import UsageError
+from ..errors import KlustrError, UsageError
 from ..store import Project
 from .scoring import (as_project, assemble, write_scores, feature_block, finish, has_labels, load_feature_matrix, manifest_labels,
                       rank_key, score_embedding)
@@ -105,6 +108,7 @@ class _Prepared:
     views: dict[int, np.ndarray] = field(default_factory=dict)       # pca components -> matrix
     knn: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
     seconds: float = 0.0
+    digest: str = ""                   # of the ids and features: a map made from them can be reused
 
 
 def _pca_for(method: str, cfg: Config) -> int:
@@ -121,6 +125,10 @@ def _prepare(table, labels, runs: list[Run], cfg: Config, engine: str) -> _Prepa
 
     t0 = time.perf_counter()
     prep = _Prepared(X=np.asarray(table.X), labels=labels, table=table)
+    h = hashlib.blake2b(digest_size=16)
+    h.update("\0".join(map(str, table.ids)).encode())
+    h.update(np.ascontiguousarray(prep.X, dtype=np.float32).tobytes())
+    prep.digest = h.hexdigest()
     n = len(prep.X)
     for run in runs:
         pc = _pca_for(run.method, cfg)
@@ -170,7 +178,8 @@ def _write_map(proj: Project, run: Run, prep: _Prepared, Z: np.ndarray, meta: di
 
 
 def _population(table, labels: np.ndarray, runs: list[Run], cfg: Config, *, engine: str, quick: bool, bar,
-                on_map: Callable[[Run, _Prepared, np.ndarray, dict[str, Any]], None] | None = None
+                on_map: Callable[[Run, _Prepared, np.ndarray, dict[str, Any]], None] | None = None,
+                reuse: Callable[[Run, _Prepared, dict[str, Any]], tuple[np.ndarray, float] | None] | None = None,
                 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Every run of one feature set (``table``: ids, file_ids, starts, X): ``(rows, feature block)``."""
     sc = cfg.score
@@ -180,7 +189,7 @@ def _population(table, labels: np.ndarray, runs: list[Run], cfg: Config, *, engi
     rows = {}
     for run in runs:
         bar.set_postfix_str(run.title, refresh=False)
-        rows[run.name] = _one(run, prep, cfg, sc, engine, quick, on_map)
+        rows[run.name] = _one(run, prep, cfg, sc, engine, quick, on_map, reuse)
         bar.update(1)
     return rows, block
 
@@ -208,10 +217,6 @@ def grid(project, config: Config | None = None, *, features: list[str] | None = 
     per run, ``scores.json``, ``report.md``, ``grid.png``, and makes the best map the default.
     Returns the ranked table (one row per run, every score and the seconds of each run).
     """
-    from tqdm.auto import tqdm
-
-    from .report import write_contact_sheet, write_report
-
     proj = as_project(project).require("manifest")
     cfg = config or proj.load_config()
     sc = cfg.score
@@ -231,6 +236,19 @@ def grid(project, config: Config | None = None, *, features: list[str] | None = 
     def write(run: Run, prep: _Prepared, Z: np.ndarray, meta: dict[str, Any]) -> None:
         _write_map(proj, run, prep, Z, meta)
 
+    with proj.lock("grid"):       # the maps and every file written after them (re-entrant below)
+        return _grid_locked(proj, cfg, sets, runs, tables, by_file, labelled, write, engine=engine, quick=quick,
+                            rank_by=rank_by, methods=methods, progress=progress)
+
+
+def _grid_locked(proj: Project, cfg: Config, sets: list[str], runs: list[Run], tables: dict, by_file: dict,
+                 labelled: bool, write, *, engine: str, quick: bool, rank_by: str, methods: list[str],
+                 progress: bool) -> pd.DataFrame:
+    from tqdm.auto import tqdm
+
+    from .report import write_contact_sheet, write_report
+
+    sc = cfg.score
     rows: dict[str, Any] = {}
     feat_rows: dict[str, Any] = {}
     t_start = time.perf_counter()
@@ -239,7 +257,8 @@ def grid(project, config: Config | None = None, *, features: list[str] | None = 
             table = tables[fs]
             labels = np.array([by_file.get(str(f)) for f in table.file_ids], dtype=object)
             got, feat_rows[fs] = _population(table, labels, [r for r in runs if r.features == fs], cfg,
-                                             engine=engine, quick=quick, bar=bar, on_map=write)
+                                             engine=engine, quick=quick, bar=bar, on_map=write,
+                                             reuse=lambda run, prep, meta: _finished_map(proj, run, prep, meta))
             rows.update(got)
     total = time.perf_counter() - t_start
     extra = {"grid": {"runs": len(runs), "seconds": total, "quick": quick, "engine": engine,
@@ -289,25 +308,49 @@ def grid_arrays(X: np.ndarray, labels=None, *, name: str = "features", config: C
     return ranked_table(result), maps
 
 
-def _one(run: Run, prep: _Prepared, cfg: Config, sc: ScoreConfig, engine: str, quick: bool,
-         on_map) -> dict[str, Any]:
-    row: dict[str, Any] = {"features": run.features, "method": run.method, "params": run.kwargs, "title": run.title}
-    t0 = time.perf_counter()
+def _finished_map(proj: Project, run: Run, prep: _Prepared, meta: dict[str, Any]) -> tuple[np.ndarray, float] | None:
+    """The map of ``run`` a previous (e.g. killed) grid wrote, if it was made exactly as this run
+    would make it (same parameters, engine, seed, quick flag, points and features): (Z, seconds)."""
+    path = proj.embedding_path(run.name)
+    if not path.exists():
+        return None
     try:
-        Z = _fit(run, prep, cfg, sc, engine, quick)
-    except (ValueError, RuntimeError, FloatingPointError, np.linalg.LinAlgError, MemoryError) as exc:
-        if isinstance(exc, UsageError):
-            raise
-        log.warning("grid run %s failed: %s", run.name, exc)
-        row.update(seconds=time.perf_counter() - t0, error=f"{type(exc).__name__}: {exc}",
-                   scores={k: None for k in ("knn_accuracy", "trustworthiness")}, notes=[f"run failed: {exc}"])
-        return row
-    seconds = time.perf_counter() - t0
+        df, old = proj.read_embedding(run.name)
+    except (OSError, ValueError, KlustrError, pa.ArrowException):
+        return None
+    same = all(json.dumps(old.get(k), sort_keys=True, default=str) == json.dumps(v, sort_keys=True, default=str)
+               for k, v in meta.items())
+    if not same or list(df["id"].astype(str)) != [str(i) for i in prep.table.ids]:
+        return None
+    log.info("grid: %s was finished by an earlier run; reused", run.name)
+    return df[["x", "y"]].to_numpy(np.float32), float(old.get("seconds") or 0.0)
+
+
+def _one(run: Run, prep: _Prepared, cfg: Config, sc: ScoreConfig, engine: str, quick: bool,
+         on_map, reuse=None) -> dict[str, Any]:
+    row: dict[str, Any] = {"features": run.features, "method": run.method, "params": run.kwargs, "title": run.title}
     meta = {"method": run.method, "features": run.features, "params": run.kwargs, "engine": engine,
-            "seed": cfg.seed, "seconds": seconds, "grid": True, "metric": cfg.reduce.metric,
-            "pca_components": _pca_for(run.method, cfg), "standardize": cfg.reduce.standardize}
-    if on_map is not None:
-        on_map(run, prep, Z, meta)
+            "seed": cfg.seed, "grid": True, "metric": cfg.reduce.metric,
+            "pca_components": _pca_for(run.method, cfg), "standardize": cfg.reduce.standardize,
+            "quick": quick, "sample_threshold": cfg.reduce.sample_threshold, "sample_size": cfg.reduce.sample_size,
+            "features_digest": prep.digest}
+    t0 = time.perf_counter()
+    done = reuse(run, prep, meta) if reuse is not None else None
+    if done is not None:
+        Z, seconds = done
+    else:
+        try:
+            Z = _fit(run, prep, cfg, sc, engine, quick)
+        except (ValueError, RuntimeError, FloatingPointError, np.linalg.LinAlgError, MemoryError) as exc:
+            if isinstance(exc, UsageError):
+                raise
+            log.warning("grid run %s failed: %s", run.name, exc)
+            row.update(seconds=time.perf_counter() - t0, error=f"{type(exc).__name__}: {exc}",
+                       scores={k: None for k in ("knn_accuracy", "trustworthiness")}, notes=[f"run failed: {exc}"])
+            return row
+        seconds = time.perf_counter() - t0
+        if on_map is not None:
+            on_map(run, prep, Z, dict(meta, seconds=seconds))
     df = pd.DataFrame({"x": Z[:, 0], "y": Z[:, 1]})
     scored = score_embedding(df, prep.labels, prep.X, k=sc.k, sample=sc.sample, seed=cfg.seed)
     row.update(seconds=seconds, score_seconds=scored["seconds"], n_points=scored["n_points"],

@@ -144,8 +144,6 @@ def score(project, *, names: list[str] | None = None, sample: int = 10000, progr
     and ``seed`` default to the project's config (``score.k``, ``score.rank_by``, ``seed``).
     Returns the dict.
     """
-    from tqdm.auto import tqdm
-
     proj = as_project(project).require("manifest")
     cfg = proj.load_config()
     k = cfg.score.k if k is None else k
@@ -160,6 +158,15 @@ def score(project, *, names: list[str] | None = None, sample: int = 10000, progr
     todo = list(names) if names else available
     if not todo:
         raise UsageError(f"{proj.path} has no embeddings yet; run `klustr embed {proj.path}` or `klustr grid {proj.path}`")
+    with proj.lock("score"):
+        return _score_locked(proj, names, todo, available, sample=sample, progress=progress, k=k,
+                             rank_by=rank_by, seed=seed)
+
+
+def _score_locked(proj: Project, names, todo: list[str], available: list[str], *, sample: int, progress: bool,
+                  k: int, rank_by: str, seed: int) -> dict[str, Any]:
+    from tqdm.auto import tqdm
+
     old = read_scores(proj)
     rows: dict[str, Any] = dict(old.get("embeddings") or {}) if names else {}
     rows = {n: r for n, r in rows.items() if n in available}
