@@ -275,9 +275,10 @@ def run_scan(args: argparse.Namespace) -> int:
     if not lib.is_dir():
         raise UsageError(f"library folder {lib} does not exist" if not lib.exists() else f"library {lib} is not a folder")
     proj = _project(args.output, must_exist=False).ensure()
-    cfg = _configure(proj, args, {})
-    df = scan(lib, proj, config=cfg, labels=args.labels, label_from=args.label_from, label_regex=args.label_regex,
-              progress=not args.quiet)
+    with proj.lock("scan"):  # refused before klustr.toml is touched when another run holds the project
+        cfg = _configure(proj, args, {})
+        df = scan(lib, proj, config=cfg, labels=args.labels, label_from=args.label_from,
+                  label_regex=args.label_regex, progress=not args.quiet)
     ok = int((df.status == "ok").sum())
     print(f"manifest: {proj.manifest_path}  ({len(df)} files, {ok} ok, {len(df) - ok} skipped, "
           f"{int(df.label.notna().sum())} labelled)")
@@ -331,9 +332,11 @@ def run_grid(args: argparse.Namespace) -> int:
     writes scores.json, report.md and grid.png, and makes the best map the project's default."""
     proj = _project(args.project)
     from .score import grid
-    cfg = _configure(proj, args, {})
-    table = grid(proj, cfg, features=args.features, methods=args.methods, rank_by=args.rank_by,
-                 engine=args.engine, quick=args.quick, progress=not args.quiet)
+
+    with proj.lock("grid"):
+        cfg = _configure(proj, args, {})
+        table = grid(proj, cfg, features=args.features, methods=args.methods, rank_by=args.rank_by,
+                     engine=args.engine, quick=args.quick, progress=not args.quiet)
     print(table.head(10).to_string(index=False))
     print(f"report: {proj.path / 'report.md'}\ngrid: {proj.path / 'grid.png'}")
     return 0

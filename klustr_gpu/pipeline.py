@@ -46,38 +46,38 @@ def run_map(
     Returns a summary: files ok / skipped (by reason), seconds per stage, output paths.
     """
     from .features import extract
-    from .library.scan import scan
-    from .reduce import embed
-    from .render import render
-
     from .features.pipeline import resolve_device
-    from .reduce import resolve_engine
+    from .library.scan import scan
+    from .reduce import embed, resolve_engine
+    from .render import render
 
     proj = project if isinstance(project, Project) else Project(project)
     proj.ensure()
     cfg = prepare_config(proj, preset=preset, overrides=overrides, write=False)
     resolve_device(cfg.features.device)      # an impossible device or engine fails before any work
     resolve_engine(cfg.reduce.engine)
-    proj.write_config(cfg)
     times: dict[str, float] = {}
+    with proj.lock("map"):                   # one lock over every stage (re-entrant in this thread)
+        proj.write_config(cfg)
 
-    t = time.perf_counter()
-    scan(library, proj, config=cfg, labels=labels, label_from=label_from, label_regex=label_regex, progress=progress)
-    times["scan"] = time.perf_counter() - t
+        t = time.perf_counter()
+        scan(library, proj, config=cfg, labels=labels, label_from=label_from, label_regex=label_regex,
+             progress=progress)
+        times["scan"] = time.perf_counter() - t
 
-    t = time.perf_counter()
-    extract(proj, cfg, progress=progress)
-    times["features"] = time.perf_counter() - t
+        t = time.perf_counter()
+        extract(proj, cfg, progress=progress)
+        times["features"] = time.perf_counter() - t
 
-    t = time.perf_counter()
-    emb = embed(proj, cfg, progress=progress, cluster=cfg.features.cluster or None)
-    times["embed"] = time.perf_counter() - t
-    name = f"{cfg.reduce.features}-{cfg.reduce.method}"
-    proj.set_default_embedding(name)
+        t = time.perf_counter()
+        emb = embed(proj, cfg, progress=progress, cluster=cfg.features.cluster or None)
+        times["embed"] = time.perf_counter() - t
+        name = f"{cfg.reduce.features}-{cfg.reduce.method}"
+        proj.set_default_embedding(name)
 
-    t = time.perf_counter()
-    out = render(proj, embedding=name, progress=progress)
-    times["render"] = time.perf_counter() - t
+        t = time.perf_counter()
+        out = render(proj, embedding=name, progress=progress)
+        times["render"] = time.perf_counter() - t
 
     return summarize(proj, times=times, outputs=out, n_points=len(emb))
 

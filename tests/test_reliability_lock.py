@@ -178,9 +178,8 @@ def test_two_features_runs_at_once_never_corrupt_the_store(small, tmp_path):
 
 @pytest.mark.parametrize("args", [
     ["embed", "{p}", "--method", "tsne"],
-    pytest.param(["grid", "{p}", "--quick", "-c", "reduce.perplexity=12"], marks=pytest.mark.xfail(
-        strict=True, reason="`klustr grid` and `klustr scan` write klustr.toml (cli._configure) before the "
-                            "stage takes the lock (issue 5 report)")),
+    ["grid", "{p}", "--quick", "-c", "reduce.perplexity=12"],
+    ["scan", "{lib}", "-o", "{p}", "-c", "audio.clip_seconds=0.3"],
 ])
 def test_a_refused_cli_run_leaves_the_config_alone(small, tmp_path, args):
     lib, base = small
@@ -189,7 +188,7 @@ def test_a_refused_cli_run_leaves_the_config_alone(small, tmp_path, args):
     before = (proj / "klustr.toml").read_bytes()
     holder = Holder(proj, "features")
     try:
-        r = subprocess.run([sys.executable, "-m", "klustr_gpu.cli", *[a.format(p=proj) for a in args], "-q"],
+        r = subprocess.run([sys.executable, "-m", "klustr_gpu.cli", *[a.format(p=proj, lib=lib) for a in args], "-q"],
                            cwd=REPO, env=ENV, capture_output=True, text=True, timeout=120)
     finally:
         holder.kill()
