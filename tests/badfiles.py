@@ -175,3 +175,26 @@ def add_hostile_cases(root: Path) -> dict[str, str]:
     latin1.write_bytes(whole)
     exp["bad/caf\ufffd latin-1 name.wav"] = "not valid UTF-8"
     return exp
+
+
+def small_project(demo_library: Path, root: Path, n: int, config) -> tuple[Path, Path]:
+    """A small healthy project: the first ``n`` demo WAVs copied (labels from their folders),
+    scanned, with the config's features and a PCA embedding ``mfcc-pca``. Returns (library, project)."""
+    import shutil
+
+    from klustr_gpu import Project
+    from klustr_gpu.features import extract
+    from klustr_gpu.library import scan
+    from klustr_gpu.reduce import embed
+
+    lib = root / "lib"
+    for f in sorted(demo_library.rglob("*.wav"))[:n]:
+        dst = lib / f.parent.name / f.name
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(f, dst)
+    proj = Project(root / "proj")
+    proj.write_config(config)
+    scan(lib, proj, label_from="parent", progress=False)
+    extract(proj, config, progress=False)
+    embed(proj, config, name="mfcc-pca", progress=False)
+    return lib, proj.path

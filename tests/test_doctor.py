@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from badfiles import tone
+from badfiles import small_project, tone
 from klustr_gpu import Config, Project
 from klustr_gpu.cli import main
 from klustr_gpu.doctor import check, healthy
@@ -26,21 +26,8 @@ CFG = Config().updated({"features.sets": ["mfcc"], "reduce.features": "mfcc", "f
 @pytest.fixture(scope="module")
 def base(demo_library, tmp_path_factory) -> tuple[Path, Path]:
     """A small healthy project: 28 demo files scanned, mfcc features, a PCA embedding."""
-    from klustr_gpu.features import extract
-    from klustr_gpu.reduce import embed
-
-    root = tmp_path_factory.mktemp("doctor")
-    lib = root / "lib"
-    for f in sorted(demo_library.rglob("*.wav"))[:28]:
-        dst = lib / f.parent.name / f.name
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(f, dst)
-    proj = Project(root / "proj")
-    proj.write_config(CFG)
-    scan(lib, proj, label_from="parent", progress=False)
-    extract(proj, CFG, progress=False)
-    embed(proj, CFG, name="mfcc-pca", progress=False)
-    return lib, proj.path
+    lib, proj = small_project(demo_library, tmp_path_factory.mktemp("doctor"), 28, CFG)
+    return lib, proj
 
 
 def clone(base, tmp_path: Path) -> tuple[Path, Project]:

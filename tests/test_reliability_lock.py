@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from badfiles import small_project
 from klustr_gpu import Config, Project
 from klustr_gpu.errors import StoreError
 from klustr_gpu.library import scan
@@ -28,22 +29,9 @@ HOLD = ("import sys, time\nfrom klustr_gpu.store import Project\nwith Project(sy
 @pytest.fixture(scope="module")
 def small(demo_library, tmp_path_factory) -> tuple[Path, Path]:
     """24 demo files: scanned, mfcc features, a PCA embedding (the default)."""
-    from klustr_gpu.features import extract
-    from klustr_gpu.reduce import embed
-
-    root = tmp_path_factory.mktemp("lock")
-    lib = root / "lib"
-    for f in sorted(demo_library.rglob("*.wav"))[:24]:
-        dst = lib / f.parent.name / f.name
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(f, dst)
-    proj = Project(root / "proj")
-    proj.write_config(CFG)
-    scan(lib, proj, label_from="parent", progress=False)
-    extract(proj, CFG, progress=False)
-    embed(proj, CFG, name="mfcc-pca", progress=False)
-    proj.set_default_embedding("mfcc-pca")
-    return lib, proj.path
+    lib, proj = small_project(demo_library, tmp_path_factory.mktemp("lock"), 24, CFG)
+    Project(proj).set_default_embedding("mfcc-pca")
+    return lib, proj
 
 
 class Holder:
