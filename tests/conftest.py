@@ -63,3 +63,31 @@ def hydrogen_library() -> Path:
             pytest.fail(f"Hydrogen corpus missing at {lib}; `make hydrogen` fetches it")
         pytest.skip(f"Hydrogen corpus not available at {lib}")
     return lib
+
+
+@pytest.fixture(scope="session")
+def clips(request):
+    """Eight real clips (1 s, 22.05 kHz, peak-normalised, ``[8, 22050]``): Hydrogen when present,
+    else the demo corpus. For parity tests against librosa."""
+    import numpy as np
+
+    from klustr_gpu.config import AudioConfig
+    from klustr_gpu.library.decode import decode
+
+    audio = AudioConfig(sample_rate=22050, clip_seconds=1.0)
+    try:
+        lib = request.getfixturevalue("hydrogen_library")
+        paths = sorted(p for p in Path(lib).rglob("*") if p.suffix.lower() in (".wav", ".flac"))
+    except pytest.skip.Exception:
+        lib = request.getfixturevalue("demo_library")
+        paths = sorted(Path(lib).rglob("*.wav"))
+    out = []
+    for p in paths[:: max(1, len(paths) // 24)]:
+        try:
+            out.append(decode(p, audio))
+        except Exception:  # noqa: BLE001 - a broken sample just is not used here
+            continue
+        if len(out) == 8:
+            break
+    assert len(out) == 8
+    return np.stack(out)

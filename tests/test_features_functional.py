@@ -2,7 +2,6 @@
 signals, and batched == per-item. Tolerances are stated per transform."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,10 +9,9 @@ import torch
 
 librosa = pytest.importorskip("librosa")
 
-from klustr_gpu.config import AudioConfig, Config
+from klustr_gpu.config import Config
 from klustr_gpu.features import functional as FX
 from klustr_gpu.features.transforms import MFCC, MIR, LogMel, STFTFingerprint, build, output_dim
-from klustr_gpu.library.decode import decode
 
 SR = 22050
 N = SR  # 1 s clips
@@ -22,28 +20,6 @@ N = SR  # 1 s clips
 def _rel(a: np.ndarray, b: np.ndarray) -> float:
     """Relative Frobenius error of a against reference b."""
     return float(np.linalg.norm(np.asarray(a, np.float64) - b) / max(np.linalg.norm(b), 1e-12))
-
-
-@pytest.fixture(scope="module")
-def clips(request) -> np.ndarray:
-    """Eight real clips (1 s, 22.05 kHz, peak-normalised): Hydrogen when present, else demo."""
-    audio = AudioConfig(sample_rate=SR, clip_seconds=1.0)
-    try:
-        lib = request.getfixturevalue("hydrogen_library")
-        paths = sorted(p for p in Path(lib).rglob("*") if p.suffix.lower() in (".wav", ".flac"))
-    except pytest.skip.Exception:
-        lib = request.getfixturevalue("demo_library")
-        paths = sorted(Path(lib).rglob("*.wav"))
-    out = []
-    for p in paths[:: max(1, len(paths) // 24)]:
-        try:
-            out.append(decode(p, audio))
-        except Exception:  # noqa: BLE001 - a broken sample just is not used here
-            continue
-        if len(out) == 8:
-            break
-    assert len(out) == 8
-    return np.stack(out)
 
 
 def test_mfcc_matches_librosa(clips):

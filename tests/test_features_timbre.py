@@ -5,7 +5,6 @@ decay times within one RMS hop (float32 vs float64 rounding can move a threshold
 frame), and equal on at least 90 % of the values."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,35 +12,12 @@ import torch
 
 librosa = pytest.importorskip("librosa")
 
-from klustr_gpu.config import FEATURE_SETS, AudioConfig, Config
+from klustr_gpu.config import FEATURE_SETS, Config
 from klustr_gpu.features.transforms import Timbre, build, output_dim
-from klustr_gpu.library.decode import decode
 
 SR = 22050
 SEGMENTS = (0.0, 0.02, 0.05, 0.1, 0.2, 0.5)
 DROPS = (10.0, 20.0, 40.0, 60.0)
-
-
-@pytest.fixture(scope="module")
-def clips(request) -> np.ndarray:
-    """Eight real clips (1 s, 22.05 kHz, peak-normalised): Hydrogen when present, else demo."""
-    audio = AudioConfig(sample_rate=SR, clip_seconds=1.0)
-    try:
-        lib = request.getfixturevalue("hydrogen_library")
-        paths = sorted(p for p in Path(lib).rglob("*") if p.suffix.lower() in (".wav", ".flac"))
-    except pytest.skip.Exception:
-        lib = request.getfixturevalue("demo_library")
-        paths = sorted(Path(lib).rglob("*.wav"))
-    out = []
-    for p in paths[:: max(1, len(paths) // 24)]:
-        try:
-            out.append(decode(p, audio))
-        except Exception:  # noqa: BLE001 - a broken sample just is not used here
-            continue
-        if len(out) == 8:
-            break
-    assert len(out) == 8
-    return np.stack(out)
 
 
 # -- the NumPy / librosa reference (one clip at a time) ---------------------------------------------
