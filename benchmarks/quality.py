@@ -201,7 +201,9 @@ def markdown(rows: list[dict]) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--library", type=Path, default=DEFAULT_LIBRARY)
-    ap.add_argument("--project", type=Path, default=OUT / "hydrogen_project")
+    # the cached project is keyed by the default config, so a changed default is never measured
+    # with features computed under an older one
+    ap.add_argument("--project", type=Path, default=OUT / f"hydrogen_project-{Config().section_hash('audio', 'features')}")
     ap.add_argument("--features", default=",".join(Config().features.sets),
                     help="feature sets for the project grid (default: the default config's, timbre)")
     ap.add_argument("--no-reference", action="store_true", help="skip the numpy reference grid")
