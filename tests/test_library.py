@@ -188,3 +188,34 @@ def test_demo_corpus_deterministic(tmp_path):
             a, _ = sf.read(p)
             b, _ = sf.read(tmp_path / "b" / p.relative_to(tmp_path / "a"))
             np.testing.assert_array_equal(a, b)
+
+
+def test_demo_corpus_extends_and_resumes_without_rewriting(tmp_path):
+    """A larger n extends a smaller corpus (file i depends only on seed and i), keeping the files
+    already written: what lets a 100,000-file corpus resume after an interruption."""
+    lib = tmp_path / "lib"
+    demo_corpus(lib, n=10, seed=1, progress=False, workers=1)
+    first = {p: p.stat().st_mtime_ns for p in lib.rglob("*_*.*")}
+    demo_corpus(lib, n=16, seed=1, progress=False, workers=2)
+    labels = pd.read_csv(lib / "labels.csv")
+    assert len(labels) == 16 and labels.path.is_unique
+    assert all((lib / p).is_file() for p in labels.path)
+    assert all(p.stat().st_mtime_ns == t for p, t in first.items())      # not rewritten
+    assert sum(1 for _ in lib.rglob("*_*.*")) == 16                      # and nothing stray
+
+
+def test_long_recordings_for_frame_mode(tmp_path):
+    from klustr_gpu.library.democorpus import long_recordings
+
+    paths = long_recordings(tmp_path / "long", hours=0.02, files=2, progress=False)   # 72 s in 2 files
+    assert [p.name for p in paths] == ["session_000.wav", "session_001.wav"]
+    infos = [sf.info(str(p)) for p in paths]
+    assert sum(i.frames for i in infos) == round(0.02 * 3600 * 22050)
+    assert all(i.samplerate == 22050 and i.channels == 1 for i in infos)
+    x, sr = sf.read(str(paths[0]))
+    # drum hits over a quiet floor: loud peaks, a quiet median, nothing clipped to silence
+    env = np.abs(x)
+    assert env.max() > 0.3 and np.percentile(env, 10) < 0.01 and np.median(env) < 0.1
+    mtime = paths[0].stat().st_mtime_ns
+    long_recordings(tmp_path / "long", hours=0.02, files=2, progress=False)           # kept, not rewritten
+    assert paths[0].stat().st_mtime_ns == mtime

@@ -7,11 +7,16 @@ real kits do (a high tom near a low snare, an open hi-hat near a short crash). F
 mixed formats (16/24-bit and float WAV, FLAC, AIFF, OGG Vorbis), sample rates (22.05, 44.1,
 48, 96 kHz) and channel counts (mono, stereo). Generation streams file by file: memory stays
 small whatever ``n``.
+
+``long_recordings(DIR, hours=10, files=4)`` writes long mono recordings (drum hits over a
+drifting noise floor) for frame mode: tens of hours, millions of frames, streamed block by block.
 """
 from __future__ import annotations
 
 import csv
 import os
+from collections import deque
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -125,13 +130,27 @@ def _write_one(args: tuple[str, int, int, str]) -> tuple[str, str]:
     rng = np.random.default_rng(seed)
     sr = int(rng.choice(RATES))
     ext, fmt, subtype = FORMATS[int(rng.integers(len(FORMATS)))]
-    x = synth(kind, sr, rng)
-    data = np.stack([x, x * rng.uniform(0.7, 1.0)], axis=1) if rng.random() < 0.4 else x
     rel = f"{kind}/{kind}_{i:06d}.{ext}"
     path = Path(root) / rel
+    if path.is_file() and path.stat().st_size > 0:   # written by an earlier run (writes are atomic)
+        return rel, kind
+    x = synth(kind, sr, rng)
+    data = np.stack([x, x * rng.uniform(0.7, 1.0)], axis=1) if rng.random() < 0.4 else x
     with atomic_path(path, "." + ext) as tmp:
         sf.write(str(tmp), data.astype(np.float32), sr, format=fmt, subtype=subtype)
     return rel, kind
+
+
+def _ordered_map(pool: ProcessPoolExecutor, fn, jobs: Iterable, window: int) -> Iterator:
+    """``pool.map(fn, jobs)`` with at most ``window`` jobs in flight, so neither the job list nor
+    the pending futures grow with the corpus (``Executor.map`` submits everything up front)."""
+    pending: deque = deque()
+    for job in jobs:
+        pending.append(pool.submit(fn, job))
+        if len(pending) >= window:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
 
 
 def demo_corpus(
@@ -144,22 +163,91 @@ def demo_corpus(
 ) -> Path:
     """Write ``n`` labelled one-shots (classes in equal shares) under ``directory``.
 
-    Rerunning with the same arguments keeps files that exist. Returns the path of labels.csv.
+    Streams: memory stays bounded for any ``n`` (100,000+ files), and labels.csv is written as
+    files finish. File ``i`` depends only on ``(seed, i)``, so a larger corpus extends a smaller
+    one, and a rerun (after an interruption, or with a larger ``n``) keeps the files that exist.
+    Returns the path of labels.csv.
     """
     root = Path(directory).expanduser()
     root.mkdir(parents=True, exist_ok=True)
-    jobs = [(str(root), i, seed * 1_000_003 + i, CLASSES[i % len(CLASSES)]) for i in range(n)]
+    jobs = ((str(root), i, seed * 1_000_003 + i, CLASSES[i % len(CLASSES)]) for i in range(n))
     workers = workers or min(4, os.cpu_count() or 1)
-    rows: list[tuple[str, str]] = []
-    bar = tqdm(total=n, desc="demo corpus", unit=" files", disable=not progress)
-    with ProcessPoolExecutor(max_workers=workers) as pool:
-        for rel, kind in pool.map(_write_one, jobs, chunksize=64):
-            rows.append((rel, kind))
-            bar.update()
-    bar.close()
     labels = root / "labels.csv"
-    with atomic_path(labels) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
+    bar = tqdm(total=n, desc="demo corpus", unit=" files", disable=not progress)
+    with atomic_path(labels) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh, \
+            ProcessPoolExecutor(max_workers=workers) as pool:
         w = csv.writer(fh)
         w.writerow(["path", "label"])
-        w.writerows(rows)
+        for rel, kind in _ordered_map(pool, _write_one, jobs, window=64 * workers):
+            w.writerow((rel, kind))
+            bar.update()
+    bar.close()
     return labels
+
+
+def _write_long(args: tuple[str, int, int, int, int, float]) -> str:
+    path_s, length, sr, seed, k, rate = args
+    path = Path(path_s)
+    if path.is_file():
+        try:
+            if sf.info(path_s).frames == length:
+                return path_s
+        except RuntimeError:
+            pass
+    rng = np.random.default_rng([seed, k])
+    # a bank of hits, reused with random gains: synthesising every hit would cost ~20x more
+    kinds = [CLASSES[int(rng.integers(len(CLASSES)))] for _ in range(192)]
+    bank = [synth(kind, sr, rng)[: 3 * sr] for kind in kinds]
+    block = 60 * sr
+    tail = np.zeros(0)                           # the part of hits that rings into the next block
+    with atomic_path(path, ".wav") as tmp, sf.SoundFile(str(tmp), "w", samplerate=sr, channels=1,
+                                                         format="WAV", subtype="PCM_16") as fh:
+        for start in range(0, length, block):
+            m = min(block, length - start)
+            buf = np.zeros(m + 3 * sr)
+            buf[:tail.size] += tail
+            pole = rng.uniform(0.0, 0.95)        # the noise floor's colour drifts minute by minute
+            floor = signal.lfilter([1.0 - pole], [1.0, -pole], rng.standard_normal(m))
+            buf[:m] += 10 ** rng.uniform(-3.5, -2.5) / (np.std(floor) + 1e-12) * floor
+            for _ in range(int(rng.poisson(rate * m / sr))):
+                hit = bank[int(rng.integers(len(bank)))]
+                at = int(rng.integers(0, m))
+                buf[at:at + hit.size] += rng.uniform(0.1, 1.0) * hit
+            tail = buf[m:].copy()
+            fh.write(np.clip(buf[:m], -1.0, 1.0).astype(np.float32))
+    return path_s
+
+
+def long_recordings(
+    directory: str | Path,
+    *,
+    hours: float = 10.0,
+    files: int = 1,
+    sr: int = 22050,
+    seed: int = 0,
+    rate: float = 2.0,
+    workers: int | None = None,
+    progress: bool = True,
+) -> list[Path]:
+    """Write ``files`` long mono 16-bit WAV recordings totalling ``hours`` of audio under
+    ``directory`` (``session_<k>.wav``), for frame mode: drum hits of the demo classes at random
+    times (about ``rate`` per second, drawn from a bank of 192 synthesised hits per file) over a
+    quiet noise floor that drifts in colour and level.
+
+    Written block by block (one minute at a time), one file per worker process, so memory stays
+    small for tens of hours. An existing file of the right length is kept. Returns the paths.
+    """
+    root = Path(directory).expanduser()
+    root.mkdir(parents=True, exist_ok=True)
+    total = int(round(hours * 3600 * sr))
+    if files < 1 or total < files:
+        raise ValueError("long_recordings: need files >= 1 and at least one sample per file")
+    per = [total // files + (1 if k < total % files else 0) for k in range(files)]
+    jobs = [(str(root / f"session_{k:03d}.wav"), length, sr, seed, k, rate) for k, length in enumerate(per)]
+    workers = workers or min(4, os.cpu_count() or 1, files)
+    bar = tqdm(total=files, desc="long recordings", unit=" files", disable=not progress)
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        for _ in _ordered_map(pool, _write_long, jobs, window=2 * workers):
+            bar.update()
+    bar.close()
+    return [Path(j[0]) for j in jobs]
