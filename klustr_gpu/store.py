@@ -41,6 +41,15 @@ MANIFEST_COLUMNS = [
 META_KEY = b"klustr"
 
 
+def _file_mode() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+_FILE_MODE = _file_mode()
+
+
 @contextlib.contextmanager
 def atomic_path(target: str | Path, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path beside ``target``; rename it onto ``target`` on success.
@@ -51,6 +60,7 @@ def atomic_path(target: str | Path, suffix: str = "") -> Iterator[Path]:
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix + ".tmp", dir=target.parent)
+        os.fchmod(fd, _FILE_MODE)      # mkstemp makes 0600; outputs get the mode open() would give
         os.close(fd)
     except OSError as exc:
         raise _store_error(exc, target) from exc

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import stat
 import time
 from pathlib import Path
 
@@ -219,3 +220,17 @@ def test_long_recordings_for_frame_mode(tmp_path):
     mtime = paths[0].stat().st_mtime_ns
     long_recordings(tmp_path / "long", hours=0.02, files=2, progress=False)           # kept, not rewritten
     assert paths[0].stat().st_mtime_ns == mtime
+
+
+def test_written_files_get_the_usual_mode_not_mkstemps_0600(tmp_path):
+    """Atomic writes go through mkstemp (mode 0600); the renamed file must get the mode a plain
+    open() would give, or a web server or a colleague cannot read the samples and maps."""
+    from klustr_gpu.store import atomic_path
+
+    mask = os.umask(0o022)
+    os.umask(mask)
+    with atomic_path(tmp_path / "x.txt") as tmp:
+        tmp.write_text("x")
+    (tmp_path / "plain.txt").write_text("x")
+    assert stat.S_IMODE((tmp_path / "x.txt").stat().st_mode) == stat.S_IMODE((tmp_path / "plain.txt").stat().st_mode)
+    assert stat.S_IMODE((tmp_path / "x.txt").stat().st_mode) == 0o666 & ~mask
