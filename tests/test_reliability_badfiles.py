@@ -167,6 +167,104 @@ def test_a_hanging_decode_is_skipped_not_waited_for(tmp_path):
     assert man.loc["s05.wav", "status"] == "skipped" and "time" in man.loc["s05.wav", "reason"]
 
 
+def test_a_hanging_decode_in_a_worker_thread_is_skipped_not_waited_for(tmp_path, monkeypatch):
+    """Dask workers decode in threads, where SIGALRM cannot reach: the decode Dask's shard task
+    runs (``pipeline._ordered(..., workers=0)``), called from a non-main thread, still gives up on
+    a hanging file after ``DECODE_TIMEOUT_S`` with the timeout reason; the good files decode, a
+    vanished one keeps its own reason."""
+    import importlib
+    import threading
+
+    from klustr_gpu.features import pipeline
+
+    D = importlib.import_module("klustr_gpu.library.decode")   # the module (the package exports the function)
+
+    lib = tmp_path / "lib"
+    _small_library(lib, 6)
+    release = threading.Event()
+    real = D.decode
+
+    def decode(path, *a, **kw):          # s03.wav never returns (until the test ends)
+        if str(path).endswith("s03.wav"):
+            release.wait(60)
+        return real(path, *a, **kw)
+
+    monkeypatch.setattr(D, "decode", decode)
+    monkeypatch.setattr(pipeline, "DECODE_TIMEOUT_S", 0.5)
+    paths = [str(lib / f"s{i:02d}.wav") for i in range(6)] + [str(lib / "gone.wav")]
+    tasks = [[pipeline.Item(u, p)] for u, p in enumerate(paths[:3])] + [[pipeline.Item(u + 3, p) for u, p
+                                                                         in enumerate(paths[3:])]]
+    got: dict = {}
+
+    def worker():                        # what distributed.shard_task does, in a worker's thread
+        t0 = time.monotonic()
+        got["out"] = list(pipeline._ordered(tasks, AUDIO, None, 0))
+        got["seconds"] = time.monotonic() - t0
+
+    th = threading.Thread(target=worker, name="not-main")
+    try:
+        th.start()
+        th.join(30)
+        assert not th.is_alive(), "the decode in a worker thread waited for a hanging file"
+    finally:
+        release.set()
+    out = {Path(it.path).name: (x, reason) for it, x, reason in got["out"]}
+    assert list(out) == [Path(p).name for p in paths]
+    assert out["s03.wav"][0] is None and out["s03.wav"][1] == "decode timed out after 0.5 s"
+    assert out["gone.wav"][0] is None and "vanished" in out["gone.wav"][1]
+    for name in ("s00.wav", "s01.wav", "s02.wav", "s04.wav", "s05.wav"):
+        x, reason = out[name]
+        assert reason is None and x.shape == (1, int(AUDIO.sample_rate * AUDIO.clip_seconds)), name
+        assert np.isfinite(x).all() and np.abs(x).max() > 0.1, name
+    assert got["seconds"] < 15, got["seconds"]
+
+
+def test_a_hanging_decode_on_a_dask_worker_is_skipped(tmp_path, monkeypatch):
+    """End to end through Dask (``extract(cluster=...)``, a threaded in-process worker, so the
+    patched decode is the one the worker calls): the hanging file is skipped with the timeout
+    reason, every other file gets features, and the run does not wait for the hang."""
+    pytest.importorskip("distributed")
+    import importlib
+    import logging
+    import threading
+
+    from distributed import Client, LocalCluster
+
+    from klustr_gpu.features import extract, load, pipeline
+
+    lib = tmp_path / "lib"
+    _small_library(lib, 8)
+    proj = Project(tmp_path / "proj")
+    scan(lib, proj, progress=False)
+    D = importlib.import_module("klustr_gpu.library.decode")
+    release, real = threading.Event(), D.decode
+
+    def decode(path, *a, **kw):
+        if str(path).endswith("s05.wav"):
+            release.wait(60)
+        return real(path, *a, **kw)
+
+    monkeypatch.setattr(D, "decode", decode)
+    monkeypatch.setattr(pipeline, "DECODE_TIMEOUT_S", 0.5)
+    cfg = Config().updated({"features.sets": ["mfcc"], "features.device": "cpu"})
+    t0 = time.monotonic()
+    try:
+        # the scheduler's HTTP routes on a free loopback port (not 8787, which other runs may hold)
+        with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None,
+                          scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
+                          silence_logs=logging.CRITICAL) as cluster, Client(cluster) as client:
+            summary = extract(proj, cfg, cluster=client, progress=False)
+    finally:
+        release.set()
+    assert time.monotonic() - t0 < 30
+    man = proj.read_manifest().set_index("path")
+    assert man.loc["s05.wav", "status"] == "skipped"
+    assert man.loc["s05.wav", "reason"] == "decode timed out after 0.5 s"
+    assert list(summary["skipped"].values()) == ["decode timed out after 0.5 s"]
+    ok = man[man.status == "ok"]
+    assert len(ok) == 7 and sorted(load(proj, "mfcc").file_ids) == sorted(ok.id)
+
+
 def test_a_name_that_is_not_utf8_is_skipped_not_fatal(tmp_path):
     """One file named in Latin-1 (bytes that are not UTF-8) once made the whole scan fail while
     writing the manifest; now it is a skipped row with a reason and the others are scanned."""

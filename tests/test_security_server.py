@@ -1,6 +1,7 @@
 """The served app against a hostile or busy client on loopback (issue 5): 200 concurrent audio
-requests while a second process opens app sessions; path traversal in every encoding; oversize
-and malformed requests; nothing outside the manifest's ok files is ever served."""
+requests while a second process opens app sessions; a rapid zoom (``/tile.png``) flood from a
+second process with audio alongside; path traversal in every encoding; oversize and malformed
+requests and tile values; nothing outside the manifest's ok files is ever served."""
 from __future__ import annotations
 
 import http.client
@@ -140,6 +141,233 @@ def test_200_concurrent_audio_requests_with_sessions_from_another_process(site, 
         if path.suffix.lower() not in (".aif", ".aiff"):          # aiff is served transcoded
             assert body == path.read_bytes(), fid
     assert http_get(port, f"/audio/{rows[0]['id']}", method="HEAD")[0] == 200     # still healthy
+
+
+# -- zoom: /tile.png ----------------------------------------------------------------------------
+ZOOM = r"""
+import hashlib, http.client, io, json, random, sys, threading, time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from PIL import Image
+port, spec = int(sys.argv[1]), json.loads(Path(sys.argv[2]).read_text())
+out = Path(sys.argv[3])
+
+def get(path):
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    try:
+        conn.request("GET", path)
+        r = conn.getresponse()
+        return r.status, r.getheader("Content-Type", ""), r.read()
+    finally:
+        conn.close()
+
+def tile(x0, x1, y0, y1, w, h):
+    q = f"/tile.png?x0={x0!r}&x1={x1!r}&y0={y0!r}&y1={y1!r}&w={w}&h={h}"
+    t0 = time.monotonic()
+    status, ctype, body = get(q)
+    assert status == 200 and ctype == "image/png", (q, status, body[:200])
+    assert body[:8] == b"\x89PNG\r\n\x1a\n", q
+    img = Image.open(io.BytesIO(body))
+    img.load()
+    assert img.format == "PNG" and img.size == (w, h), (q, img.size)
+    return body, time.monotonic() - t0
+
+(bx0, bx1), (by0, by1), (tx, ty), factor = spec["bounds"]
+audio_ok, audio_times, stop = [], [], threading.Event()
+def audio_loop():                        # /audio requests interleaved with the zoom flood
+    i = 0
+    while not stop.is_set() or i < 40:
+        fid, size = spec["audio"][i % len(spec["audio"])]
+        t0 = time.monotonic()
+        status, ctype, body = get(f"/audio/{fid}")
+        audio_times.append(time.monotonic() - t0)
+        audio_ok.append(status == 200 and ctype.startswith("audio/") and (size is None or len(body) == size))
+        i += 1
+t_audio = threading.Thread(target=audio_loop)
+t_audio.start()
+t0 = time.monotonic()
+zoom = []                                # 60 successive zoom-ins toward (tx, ty), as a wheel would
+x0, x1, y0, y1 = bx0, bx1, by0, by1
+for k in range(60):
+    body, _ = tile(x0, x1, y0, y1, 320, 240)
+    (out / f"zoom{k:02d}.png").write_bytes(body)
+    zoom.append({"range": [x0, x1, y0, y1], "sha": hashlib.sha256(body).hexdigest()})
+    x0, x1 = tx + (x0 - tx) * factor, tx + (x1 - tx) * factor
+    y0, y1 = ty + (y0 - ty) * factor, ty + (y1 - ty) * factor
+(px, py) = spec["deep"]                  # and a deep zoom onto one point (1/100,000 of the map)
+s = (bx1 - bx0) * 1e-5
+body, _ = tile(px - s, px + s, py - s, py + s, 200, 200)
+(out / "deep.png").write_bytes(body)
+rng = random.Random(0)
+def rand_tile(_):
+    cx, cy = rng.uniform(bx0, bx1), rng.uniform(by0, by1)
+    s = (bx1 - bx0) * 10 ** rng.uniform(-4, 0.5)
+    return tile(cx - s, cx + s, cy - s * 0.75, cy + s * 0.75, rng.randint(1, 600), rng.randint(1, 600))[1]
+with ThreadPoolExecutor(max_workers=25) as pool:           # 100 random ranges, 25 at a time
+    flood = list(pool.map(rand_tile, range(100)))
+stop.set()
+t_audio.join()
+print(json.dumps({"zoom": zoom, "flood": len(flood), "flood_max_s": max(flood), "seconds": time.monotonic() - t0,
+                  "audio": len(audio_ok), "audio_ok": sum(audio_ok), "audio_max_s": max(audio_times)}), flush=True)
+"""
+
+
+def _tile_url(x0, x1, y0, y1, w, h, **extra) -> str:
+    q = f"x0={x0!r}&x1={x1!r}&y0={y0!r}&y1={y1!r}&w={w}&h={h}"
+    return "/tile.png?" + q + "".join(f"&{k}={v}" for k, v in extra.items())
+
+
+def test_rapid_zoom_from_another_process_is_answered_in_bounded_time(site, tmp_path):
+    """A second process zooms in 60 times toward a point, then sends 100 random ranges 25 at a
+    time, while /audio requests run alongside: every tile is a PNG of the size asked, the deeper
+    zooms differ, each is the picture the app's own renderer draws, and audio stays answered."""
+    import io
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    from klustr_gpu.render.data import load_map
+    from klustr_gpu.render.tiles import Tile, TileService
+
+    port, ok = site["port"], _ok(site)
+    data = load_map(site["proj"])
+    (bx, by) = data.bounds()
+    p = data.points.iloc[0]
+    blob = data.points[data.points["label"] == p["label"]]
+    target = [float(blob["x"].mean()), float(blob["y"].mean())]   # the middle of one label's group
+    factor = (1.0 / (bx[1] - bx[0])) ** (1 / 60)                   # down to a 1-unit wide view of it
+    audio = [[str(r["id"]), None if str(r["path"]).lower().endswith((".aif", ".aiff"))
+              else site["proj"].audio_path(r["path"]).stat().st_size] for _, r in ok.iterrows()]
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({"bounds": [list(bx), list(by), target, factor], "audio": audio,
+                                "deep": [float(p["x"]), float(p["y"])]}))
+    script = tmp_path / "zoom.py"
+    script.write_text(ZOOM)
+    t0 = time.monotonic()
+    try:
+        r = subprocess.run([sys.executable, str(script), str(port), str(spec), str(tmp_path)], cwd=REPO,
+                           capture_output=True, text=True, timeout=150)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the zoom client did not finish within 150 s")
+    elapsed = time.monotonic() - t0
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads(r.stdout.strip().splitlines()[-1])
+    assert res["flood"] == 100 and elapsed < 120, (elapsed, res["seconds"])
+    assert res["audio"] >= 40 and res["audio_ok"] == res["audio"], res
+    assert res["audio_max_s"] < 30, res["audio_max_s"]
+    shas = [z["sha"] for z in res["zoom"]]
+    # deeper zooms give new pictures (two neighbouring steps may match when no dot crosses a pixel)
+    assert len(shas) == 60 and len(set(shas)) >= 55, len(set(shas))
+
+    def pixels(png: bytes) -> np.ndarray:
+        return np.asarray(Image.open(io.BytesIO(png)))
+
+    service = TileService(data)                      # the server's pictures are the renderer's own
+    for k in (0, 20, 40, 59):
+        x0, x1, y0, y1 = res["zoom"][k]["range"]
+        want = service.render(Tile((x0, x1), (y0, y1), 320, 240))
+        got = (tmp_path / f"zoom{k:02d}.png").read_bytes()
+        assert np.array_equal(pixels(got), pixels(want)), k
+        assert pixels(got)[..., 3].any(), k                           # points in view at every depth
+    deep = pixels((tmp_path / "deep.png").read_bytes())
+    assert deep[..., 3].any() and deep.shape == (200, 200, 4)         # the point, 100,000x zoomed
+    assert http_get(port, f"/audio/{ok.iloc[0]['id']}", method="HEAD")[0] == 200
+
+
+def test_malformed_or_oversize_tile_requests_are_refused(site):
+    port = site["port"]
+    good = dict(x0=-10, x1=10, y0=-10, y1=10, w=64, h=48)
+
+    def url(**kw):
+        q = {**good, **kw}
+        return "/tile.png?" + "&".join(f"{k}={v}" for k, v in q.items() if v is not None)
+
+    bad = [url(x0="nan"), url(x0="NaN"), url(x1="inf"), url(y0="-inf"), url(y1="Infinity"), url(x0=10),
+           url(x0=11), url(y0=10), url(w=0), url(w=100000), url(h=-1), url(h=2.5), url(w="abc"), url(x0="1e13"),
+           url(x0="0x10"), url(x0="1_0"), url(x0=""), url(x0=None), url(w=None), url(h=None), "/tile.png",
+           "/tile.png?", url() + "&foo=1", url() + "&w=32", url() + "&labels=no-such-label", url(x0="%ff"),
+           url() + "&&", url() + "&%00=1", url(x0="1%00"), url(x1="10.000000000001", x0="10"),
+           "/tile.png?" + "x0=1&" * 40, "/tile.png?a=" + "9" * 5000]
+    for path in bad:
+        status, headers, body = http_get(port, path)
+        assert status == 400, (path[:80], status, body[:200])
+        assert headers["content-type"].startswith("text/plain") and len(body) < 300, path[:80]
+        assert b"Traceback" not in body and b"<" not in body
+    status, _, body = http_get(port, url(w=100000))
+    assert b"4096" in body                                        # says what the limit is
+    status, reply = raw_request(port, b"GET /tile.png?x0=" + b"1" * 100_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert status in (None, 400, 413, 414, 431), status
+    assert b"image/png" not in reply.lower()
+    assert http_get(port, url(), method="POST")[0] == 405
+    status, headers, body = http_get(port, url(w=4096, h=1))                  # still serving; limits inclusive
+    assert status == 200 and headers["content-type"] == "image/png" and body[:4] == b"\x89PNG"
+    assert headers["x-content-type-options"] == "nosniff" and "max-age" in headers["cache-control"]
+    label = str(_ok(site)["label"].dropna().iloc[0])
+    assert http_get(port, url(labels=label))[0] == 200
+
+
+def test_a_tile_flood_beyond_the_queue_is_told_to_retry(tmp_path):
+    """More renders than ``max_pending`` at once: the extra ones get 503 with Retry-After at once
+    (bounded memory), the admitted one finishes, and the route serves again afterwards."""
+    import asyncio
+    import threading
+
+    import numpy as np
+    import pandas as pd
+    import tornado.httpserver
+    import tornado.web
+
+    from klustr_gpu.render.data import MapData
+    from klustr_gpu.render.tiles import TileHandler, TileService
+    from test_serve import free_port
+
+    pts = pd.DataFrame({"x": np.float32([0, 1, 2]), "y": np.float32([0, 1, 2]),
+                        "label": pd.Categorical(["a", "b", "a"])})
+    service = TileService(MapData(pts, "label", {"a": "#ff0000", "b": "#0000ff"}, "t"), workers=1, max_pending=1)
+    gate = threading.Event()
+    real = service.render
+    service.render = lambda tile: (gate.wait(30), real(tile))[1]
+    port, started = free_port(), threading.Event()
+    holder = {}
+
+    def serve():
+        async def main():
+            holder["loop"] = asyncio.get_running_loop()
+            holder["stop"] = asyncio.Event()
+            server = tornado.httpserver.HTTPServer(tornado.web.Application([(r"/tile\.png", TileHandler,
+                                                                             {"service": service})]))
+            server.listen(port, "127.0.0.1")
+            started.set()
+            await holder["stop"].wait()
+            server.stop()
+        asyncio.run(main())
+
+    th = threading.Thread(target=serve, daemon=True)
+    th.start()
+    assert started.wait(10)
+    url = _tile_url(-1, 3, -1, 3, 16, 16)
+    try:
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            first = pool.submit(http_get, port, url)
+            try:
+                deadline = time.monotonic() + 10
+                while service._pending < 1 and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                for _ in range(5):
+                    status, headers, body = http_get(port, url)
+                    assert status == 503 and headers.get("retry-after") == "1", status
+                    assert b"busy" in body and headers["content-type"].startswith("text/plain")
+            finally:
+                gate.set()
+            status, headers, body = first.result(timeout=30)
+            assert status == 200 and body[:4] == b"\x89PNG"
+        assert http_get(port, url)[0] == 200 and service._pending == 0
+    finally:
+        gate.set()
+        holder["loop"].call_soon_threadsafe(holder["stop"].set)
+        th.join(10)
+        service.pool.shutdown(wait=False)
 
 
 # -- traversal ---------------------------------------------------------------------------------

@@ -214,22 +214,36 @@ def _ready() -> bool:
 
 #: A file (or block of windows) whose decode takes longer than this many seconds is skipped
 #: with the reason "decode timed out": a stuck disk or a codec caught in a loop must not hang the
-#: run. 0 disables it. Enforced with SIGALRM, so in a process's main thread (the main process and
-#: pool workers); decodes running in other threads (Dask workers) are not timed.
+#: run. 0 disables it. In a process's main thread (the main process and pool workers) it is
+#: enforced with SIGALRM, which interrupts the decode itself; in any other thread (Dask workers
+#: decode in threads) the decode runs in a helper thread that is abandoned when the time is up
+#: (:func:`_decode_timed`).
 DECODE_TIMEOUT_S = 120.0
+
+
+def _timed_out(seconds: float) -> SkipFile:
+    return SkipFile(f"decode timed out after {seconds:g} s")
+
+
+def _alarm_usable(seconds: float) -> bool:
+    import signal
+    import threading
+
+    return bool(seconds) and hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread()
 
 
 @contextlib.contextmanager
 def _deadline(seconds: float) -> Iterator[None]:
+    """SIGALRM after ``seconds`` raises the timeout's SkipFile in the block (main thread only;
+    elsewhere it does nothing: see :func:`_decode_timed`)."""
     import signal
-    import threading
 
-    if not seconds or not hasattr(signal, "setitimer") or threading.current_thread() is not threading.main_thread():
+    if not _alarm_usable(seconds):
         yield
         return
 
     def expired(_signum, _frame):
-        raise SkipFile(f"decode timed out after {seconds:g} s")
+        raise _timed_out(seconds)
 
     previous = signal.signal(signal.SIGALRM, expired)
     signal.setitimer(signal.ITIMER_REAL, seconds)
@@ -240,19 +254,55 @@ def _deadline(seconds: float) -> Iterator[None]:
         signal.signal(signal.SIGALRM, previous)
 
 
+def _decode_timed(item: Item, audio: AudioConfig, frames: tuple[float, float] | None,
+                  seconds: float) -> np.ndarray:
+    """:func:`_decode_item` within ``seconds`` (0: no limit), else SkipFile("decode timed out").
+
+    In the main thread SIGALRM interrupts the decode. In any other thread (a Dask worker's task,
+    a caller's thread) signals cannot reach it, so the decode runs in a daemon helper thread and
+    this thread waits at most ``seconds`` for it. On expiry the helper is abandoned, not killed
+    (Python cannot stop a thread): it may stay blocked (a stuck disk) or finish later, its result
+    discarded; being a daemon it never keeps the process alive. Each timed-out file can leave one
+    such thread behind, so a library of many hanging files costs that many idle threads.
+    """
+    if not seconds or _alarm_usable(seconds):
+        with _deadline(seconds):
+            return _decode_item(item, audio, frames)
+    import threading
+
+    box: dict[str, Any] = {}
+
+    def work() -> None:
+        try:
+            box["x"] = _decode_item(item, audio, frames)
+        except BaseException as exc:       # handed to the waiting thread, raised there
+            box["exc"] = exc
+
+    helper = threading.Thread(target=work, name=f"klustr-decode-{item.unit}", daemon=True)
+    helper.start()
+    helper.join(seconds)
+    if helper.is_alive():
+        log.warning("features: decode of %s still running after %g s; skipped (its thread is abandoned)",
+                    item.path, seconds)
+        raise _timed_out(seconds)
+    if "exc" in box:
+        raise box["exc"]
+    return box["x"]
+
+
 def decode_task(items: list[Item], audio: AudioConfig, frames: tuple[float, float] | None,
                 compute: tuple[str, tuple[str, ...]] | None = None) -> list[tuple]:
     """Decode a list of items -> list of (item, windows ndarray | None, skip reason | None).
 
     With ``compute=(config json, sets)`` (CPU runs) the features are computed here too, on the
     whole task as one batch -> list of (item, {set: rows} | None, reason, {set: seconds} | None).
-    Each item's decode is abandoned (skipped) after ``DECODE_TIMEOUT_S``.
+    Each item's decode is abandoned (skipped) after ``DECODE_TIMEOUT_S``, in whichever thread
+    this runs (:func:`_decode_timed`).
     """
     out = []
     for it in items:
         try:
-            with _deadline(DECODE_TIMEOUT_S):
-                x = _decode_item(it, audio, frames)
+            x = _decode_timed(it, audio, frames, DECODE_TIMEOUT_S)
             out.append((it, x, None))
         except SkipFile as exc:
             out.append((it, None, exc.reason))

@@ -3,7 +3,8 @@
 One :class:`MapApp` per browser session; the points (:class:`MapData`) and the audio index are
 loaded once per server and shared read-only. A click finds the nearest visible point (numpy,
 brute force: ~50 ms at 10M points), plays it through ``/audio/<file_id>`` (``#t=START`` for
-frame points) and lists its nearest neighbours on the map, each playable.
+frame points) and lists its nearest neighbours on the map, each playable. ``/tile.png`` serves
+the same datashaded picture of any range over plain HTTP (:mod:`.tiles`).
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from .data import MapData, load_map
 from .export import copy_selection, selection_csv, selection_m3u
 from .views import rgb_element, style
 from .security import AudioHandler, AudioIndex, audio_url, esc, is_loopback
+from .tiles import tile_route
 
 log = logging.getLogger(__name__)
 
@@ -320,7 +322,8 @@ def audio_route(index: AudioIndex) -> tuple:
 
 def serve(project: Project, *, port: int = 5006, host: str = "127.0.0.1", embedding: str | None = None,
           show: bool = False) -> None:
-    """Serve the app; one :class:`MapApp` per session over shared data. Blocks."""
+    """Serve the app (plus ``/audio/<id>`` and ``/tile.png``); one :class:`MapApp` per session
+    over shared data. Blocks."""
     _, pn = _pn()
     cfg = project.load_config().render
     data = load_map(project, embedding=embedding, by=cfg.by)
@@ -341,4 +344,4 @@ def serve(project: Project, *, port: int = 5006, host: str = "127.0.0.1", embedd
     rgb_element(data.points.iloc[:1000], data, width=64, height=64)   # compile datashader's kernels now
     log.info("serve: %d points, %d audio files at http://%s:%d/", data.n, len(index), host, port)
     pn.serve(session, port=port, address=host, websocket_origin=origins, show=show, title="klustr_gpu map",
-             extra_patterns=[audio_route(index)], verbose=True)
+             extra_patterns=[audio_route(index), tile_route(data)], verbose=True)
