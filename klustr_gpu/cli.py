@@ -115,7 +115,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--engine", choices=ENGINES, help="reduction engine (default auto: cuml, torchdr on GPU, else cpu)")
     p.add_argument("--method", choices=METHODS, help="reduction method (default umap)")
     p.add_argument("--features", choices=FEATURE_SETS, help="feature set the map is made from (default timbre)")
-    _add_cluster(p)
+    p.add_argument("--frames", action="store_true",
+                   help="frame mode: one point per window of long recordings (see features --frames)")
+    p.add_argument("--window", type=_positive_float, metavar="SECONDS", help="frame mode window (default 0.5)")
+    p.add_argument("--hop", type=_positive_float, metavar="SECONDS", help="frame mode hop (default 0.25)")
+    _add_cluster(p, "run features, the placing of points beyond the fitted sample, and the rendering on a Dask cluster")
     _add_common(p)
     p.set_defaults(func=run_map)
 
@@ -176,6 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--width", type=_positive_int)
     p.add_argument("--height", type=_positive_int)
     p.add_argument("--by", choices=["label", "cluster"])
+    _add_cluster(p, "read the embedding and rasterise map.png on a Dask cluster (map.html is built here)")
     _add_common(p)
     p.set_defaults(func=run_render)
 
@@ -199,6 +204,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("directory", metavar="DIR")
     p.add_argument("--n", type=_positive_int, default=2000, help="number of files (default 2000)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--long-hours", type=_positive_float, metavar="H",
+                   help="instead of one-shots, write H hours of long recordings for frame mode "
+                        "(drum hits over a noise floor; 10 h gives about 144,000 frames)")
+    p.add_argument("--long-files", type=_positive_int, default=1, metavar="K",
+                   help="split --long-hours over K files (default 1)")
     p.add_argument("-q", "--quiet", action="store_true")
     p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(func=run_demo_corpus, settings=[])
@@ -253,7 +263,8 @@ def run_map(args: argparse.Namespace) -> int:
     proj = _project(args.output, must_exist=False).ensure()
     overrides = _overrides(args, {"device": "features.device", "engine": "reduce.engine",
                                   "method": "reduce.method", "features": "reduce.features",
-                                  "cluster": "features.cluster"})
+                                  "cluster": "features.cluster", "frames": "features.frames",
+                                  "window": "features.window", "hop": "features.hop"})
     if args.features:
         from .config import Config
         base = Config.preset_named(args.preset or "default")
@@ -343,11 +354,13 @@ def run_grid(args: argparse.Namespace) -> int:
 
 
 def run_render(args: argparse.Namespace) -> int:
-    """Draw PROJECT/map.png (datashader, coloured by label) and a standalone PROJECT/map.html."""
+    """Draw PROJECT/map.png (datashader, coloured by label) and a standalone PROJECT/map.html.
+    With --cluster the embedding is read and rasterised on a Dask cluster (the same picture)."""
+    _check_cluster(args)
     proj = _project(args.project)
     from .render import render
     out = render(proj, embedding=args.embedding, width=args.width, height=args.height, by=args.by,
-                 progress=not args.quiet)
+                 progress=not args.quiet, cluster=args.cluster)
     print(f"map: {out['png']}")
     if out.get("html"):
         print(f"page: {out['html']}")
@@ -378,12 +391,20 @@ def run_doctor(args: argparse.Namespace) -> int:
 
 def run_demo_corpus(args: argparse.Namespace) -> int:
     """Synthesise a labelled one-shot drum library (kick, snare, clap, hihat, tom, ride, crash)
-    in mixed formats, rates and channel counts, with DIR/labels.csv."""
-    from .library.democorpus import demo_corpus
+    in mixed formats, rates and channel counts, with DIR/labels.csv; or, with --long-hours,
+    long recordings for frame mode. Streams to disk (bounded memory for 100,000+ files), and a
+    rerun keeps the files already written."""
+    from .library.democorpus import demo_corpus, long_recordings
 
     out = Path(args.directory)
     if out.exists() and not out.is_dir():
         raise UsageError(f"{out} is a file, not a folder")
+    if args.long_hours:
+        paths = long_recordings(out, hours=args.long_hours, files=args.long_files, seed=args.seed,
+                                progress=not args.quiet)
+        print(f"library: {out}  ({len(paths)} recordings, {args.long_hours:g} h)\n"
+              f"map it in frame mode: klustr map {out} -o PROJECT --frames")
+        return 0
     labels = demo_corpus(out, n=args.n, seed=args.seed, progress=not args.quiet)
     print(f"library: {out}  ({args.n} files)\nlabels: {labels}")
     return 0

@@ -55,6 +55,32 @@ def client(spec: str | None) -> Iterator["object | None"]:
 
 
 @contextlib.contextmanager
+def using(cluster) -> Iterator["object | None"]:
+    """Like :func:`client`, also accepting a connected ``distributed.Client`` (yielded as it
+    is, not closed) for the API's ``cluster=`` arguments; None or "" yields None."""
+    if cluster is None or isinstance(cluster, str):
+        with client(cluster or None) as c:
+            yield c
+    else:
+        yield cluster
+
+
+def check_workers_see(c, folders) -> None:
+    """Every worker of client ``c`` must see ``folders`` at the same paths (else a remote worker
+    would find no audio, or no project); a :class:`UsageError` names a blind worker."""
+    import os
+
+    for folder in folders:
+        seen = c.run(os.path.isdir, str(folder))
+        blind = sorted(w for w, ok in seen.items() if not ok)
+        if not seen:
+            raise UsageError("--cluster: the Dask cluster has no workers")
+        if blind:
+            raise UsageError(f"--cluster: {len(blind)} worker(s) cannot see {folder} (e.g. {blind[0]}); "
+                             "workers need the library and the project at the same paths")
+
+
+@contextlib.contextmanager
 def _quiet_dask() -> Iterator[None]:
     """Dask's own INFO chatter (scheduler, nannies) only with klustr's debug logging."""
     import distributed  # noqa: F401  (importing it sets its loggers' levels: do that first)

@@ -76,7 +76,7 @@ def run_map(
         proj.set_default_embedding(name)
 
         t = time.perf_counter()
-        out = render(proj, embedding=name, progress=progress)
+        out = render(proj, embedding=name, progress=progress, cluster=cfg.features.cluster or None)
         times["render"] = time.perf_counter() - t
 
     return summarize(proj, times=times, outputs=out, n_points=len(emb))

@@ -153,7 +153,7 @@ def test_parse_forms():
     assert parse("tcp://10.0.0.1:8786") == ("address", "tcp://10.0.0.1:8786")
 
 
-@pytest.mark.parametrize("command", ["features", "embed", "map"])
+@pytest.mark.parametrize("command", ["features", "embed", "map", "render"])
 def test_cli_bad_cluster_fails_before_work(demo_project, demo_library, tmp_path, capsys, command):
     from klustr_gpu.cli import main
 
@@ -163,15 +163,64 @@ def test_cli_bad_cluster_fails_before_work(demo_project, demo_library, tmp_path,
     assert rc == 2
     err = capsys.readouterr().err.strip()
     assert "--cluster" in err and len(err.splitlines()) == 1
-    assert not (proj / "features").exists()
+    assert not (proj / "features").exists() and not (proj / "map.png").exists()
 
 
-def test_frames_on_cluster_is_a_clear_error(demo_project, tmp_path):
-    from klustr_gpu.features import extract
+@pytest.fixture(scope="module")
+def long_project(tmp_path_factory):
+    """A few long-ish recordings for frame mode: 12 s and 7 s (two rates, read in blocks spread
+    over shards), one whose first block holds a NaN (skipped at decode; its later blocks, in
+    later shards, are dropped) and a 0.2 s one."""
+    import soundfile as sf
 
-    proj = _copy(demo_project, tmp_path, "frames")
-    with pytest.raises(UsageError, match="frame mode"):
-        extract(proj, sets=["mfcc"], frames=True, cluster="local:1", progress=False)
+    from klustr_gpu.library.scan import scan
+
+    base = tmp_path_factory.mktemp("frames")
+    lib = base / "lib"
+    lib.mkdir()
+    rng = np.random.default_rng(5)
+    for name, sr, sec in (("a_long.wav", 22050, 12.0), ("b_long.flac", 44100, 7.0), ("c_nan.wav", 22050, 8.0)):
+        t = np.arange(int(sec * sr)) / sr
+        x = 0.3 * np.sin(2 * np.pi * (150 + 40 * t) * t) * (1 + np.sin(2 * np.pi * 0.7 * t)) / 2
+        x = (x + 0.05 * rng.standard_normal(t.size) * (np.sin(2 * np.pi * 3 * t) > 0.6)).astype(np.float32)
+        if name.startswith("c_"):
+            x[100] = np.nan
+        sf.write(lib / name, x, sr, subtype="FLOAT" if name.endswith(".wav") else "PCM_16")
+    sf.write(lib / "d_short.wav", (0.5 * np.sin(2 * np.pi * 440 * np.arange(4410) / 22050)).astype(np.float32), 22050)
+    proj = base / "project"
+    scan(lib, proj, progress=False)
+    return proj
+
+
+FRAMES = dict(frames=True, window=0.5, hop=0.25, batch_size=16, workers=0, device="cpu")
+
+
+def _frame_copy(src, tmp_path, name):
+    from klustr_gpu.config import Config
+    from klustr_gpu.store import Project
+
+    dst = tmp_path / name
+    shutil.copytree(src, dst)
+    # blocks of 16 windows, shards of 16: 5 shards; c_nan.wav's two blocks land in two shards
+    Project(dst).write_config(Config().updated({"features.shard_size": 16}))
+    return dst
+
+
+def test_frame_mode_on_cluster_equals_in_process(long_project, tmp_path, client):
+    from klustr_gpu.features import extract, load
+
+    ref = _frame_copy(long_project, tmp_path, "ref")
+    dask = _frame_copy(long_project, tmp_path, "dask")
+    want = extract(ref, sets=SETS, progress=False, **FRAMES)
+    got = extract(dask, sets=SETS, cluster=client, progress=False, **FRAMES)
+    assert got["frames"] and got["skipped"] == want["skipped"] and len(got["skipped"]) == 1
+    for s in SETS:
+        assert got[s]["computed"] == want[s]["computed"] and got[s]["n_rows"] == want[s]["n_rows"] == 47 + 27 + 1
+        a, b = load(ref, s, frames=True), load(dask, s, frames=True)
+        assert list(b.ids) == list(a.ids) and np.array_equal(b.starts, a.starts)
+        assert np.array_equal(b.X, a.X), s
+    again = extract(dask, sets=SETS, cluster=client, progress=False, **FRAMES)     # complete: nothing to do
+    assert all(again[s]["computed"] == 0 for s in SETS)
 
 
 @pytest.mark.parametrize("method", ["umap", "tsne"])
@@ -193,3 +242,74 @@ def test_workers_that_cannot_see_the_project_are_a_clear_error(client, tmp_path)
     _check_workers_see(client, [tmp_path])
     with pytest.raises(UsageError, match="cannot see"):
         _check_workers_see(client, [tmp_path / "elsewhere"])
+
+
+# -- render --cluster ---------------------------------------------------------------------------
+def _fake_embedding(proj, *, label_column: bool, row_group_size: int = 100):
+    """3 points per ok file (frame-like ids), clusters per label, a point of an unknown file and
+    one with a NaN coordinate (both dropped); written in row groups of ``row_group_size`` so the
+    Dask DataFrame has several partitions."""
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from klustr_gpu.store import Project
+
+    p = Project(proj)
+    man = p.read_manifest()
+    man = man[man["status"] == "ok"].reset_index(drop=True)
+    rng = np.random.default_rng(7)
+    labels = sorted(man["label"].dropna().unique())
+    fid = np.repeat(man["id"].to_numpy(), 3)
+    lab = np.repeat(man["label"].to_numpy(), 3)
+    angle = np.array([2 * np.pi * labels.index(v) / len(labels) if v in labels else 0.0 for v in lab])
+    df = pd.DataFrame({
+        "id": [f"{f}:{i}" for f, i in zip(fid, np.tile(np.arange(3), len(man)))],
+        "file_id": fid,
+        "start": np.tile(np.arange(3) * 0.25, len(man)),
+        "x": 5 * np.cos(angle) + rng.normal(0, 0.8, len(fid)),
+        "y": 5 * np.sin(angle) + rng.normal(0, 0.8, len(fid)),
+        "cluster": [labels.index(v) if v in labels and i % 5 else -1 for i, v in enumerate(lab)],
+    })
+    if label_column:
+        df["label"] = [None if i % 7 == 0 else v for i, v in enumerate(lab)]
+    df.loc[4, "file_id"] = "no-such-file"
+    df.loc[9, "x"] = np.nan
+    path = p.write_embedding("fake", df, {"method": "fake"})
+    table = pq.read_table(path)
+    pq.write_table(table, path, row_group_size=row_group_size)        # keeps the schema metadata
+    assert pq.ParquetFile(path).num_row_groups > 3
+    p.set_default_embedding("fake")
+
+
+def _pixels(path):
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+@pytest.mark.parametrize("by,label_column", [("label", False), ("label", True), ("cluster", False)])
+def test_render_on_cluster_equals_in_process(demo_project, tmp_path, client, by, label_column):
+    from klustr_gpu.render import render
+
+    here, there = (_copy(demo_project, tmp_path, n) for n in ("here", "there"))
+    for proj in (here, there):
+        _fake_embedding(proj, label_column=label_column)
+    a = render(here, by=by, width=700, height=500, progress=False)
+    b = render(there, by=by, width=700, height=500, progress=False, cluster=client)
+    assert b["n_points"] == a["n_points"] == 3 * 210 - 2
+    assert np.array_equal(_pixels(b["png"]), _pixels(a["png"]))
+    # map.html (630 points: interactive) is built here from pandas either way
+    assert b["html"].read_text() == a["html"].read_text()
+
+
+def test_cli_render_cluster_local2_equals_in_process(demo_project, tmp_path, quiet_dask):
+    from klustr_gpu.cli import main
+
+    here, there = (_copy(demo_project, tmp_path, n) for n in ("here", "there"))
+    for proj in (here, there):
+        _fake_embedding(proj, label_column=False)
+    assert main(["render", str(here), "-q"]) == 0
+    assert main(["render", str(there), "--cluster", "local:2", "-q"]) == 0
+    assert np.array_equal(_pixels(there / "map.png"), _pixels(here / "map.png"))

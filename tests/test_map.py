@@ -78,3 +78,23 @@ def test_map_on_hydrogen_marks_every_readable_file_ok(hydrogen_library, tmp_path
     assert len(emb) == len(labels)
     assert _knn_accuracy(emb) > 0.7
     assert (tmp_path / "proj" / "map.png").stat().st_size > 10_000
+
+
+def test_map_command_in_frame_mode_on_long_recordings(tmp_path):
+    """`klustr map --frames` on the long recordings `demo-corpus --long-hours` writes: one point
+    per window, each with its file and start time, the windows of a file tiling it."""
+    lib, proj = tmp_path / "long", tmp_path / "proj"
+    r = subprocess.run([sys.executable, "-m", "klustr_gpu.cli", "demo-corpus", str(lib), "--long-hours", "0.01",
+                        "--long-files", "2", "-q"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    r = subprocess.run([sys.executable, "-m", "klustr_gpu.cli", "map", str(lib), "-o", str(proj), "--frames",
+                        "--window", "0.5", "--hop", "0.25", "-q"], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert "files: 2  ok: 2  skipped: 0" in r.stdout and (proj / "map.png").is_file()
+    emb, _ = Project(proj).read_embedding()
+    assert len(emb) == 2 * (int((18.0 - 0.5) / 0.25) + 1)                 # 18 s per file
+    for _, g in emb.groupby("file_id"):
+        starts = np.sort(g["start"].to_numpy())
+        np.testing.assert_allclose(np.diff(starts), 0.25, atol=1e-6)
+        assert starts[0] == 0.0
+    assert np.isfinite(emb[["x", "y"]].to_numpy()).all()

@@ -65,7 +65,7 @@ def extract(project, config: Config | None = None, *, sets=None, device=None, ba
 
     ``cluster``: a Dask cluster spec (``local:N``, ``cuda``, ``tcp://HOST:PORT``; see
     :mod:`klustr_gpu.cluster`) or a ``distributed.Client`` already connected: every manifest
-    shard is computed as one task on the workers (clip mode only), with the same results as
+    shard is computed as one task on the workers (clip and frame mode), with the same results as
     the in-process run. Default: the config's ``features.cluster`` ("" = in-process).
 
     Returns ``{set: {n_rows, dim, computed, reused, seconds}, "skipped": {id: reason},

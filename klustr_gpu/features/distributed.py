@@ -7,12 +7,20 @@ then submits one task per shard. A task decodes and computes that shard's files 
 rows into its own region of each set's zarr array; it returns the shard's skips and counts.
 The client alone writes the ledger: it commits shards in manifest order as their tasks finish.
 
-Clip mode only: a shard is then exactly one zarr chunk (``chunk_rows == shard_size``, one row
-per manifest row), so concurrent tasks never touch the same chunk file, and a shard's region
-is known before it is computed. A worker killed mid-task loses only uncommitted rows: Dask
-runs the task again elsewhere and the shard is rewritten whole, so the store ends complete
-and identical to an uninterrupted run. A client killed mid-run resumes like the in-process
-run (at its last committed shard), with or without a cluster.
+Clip mode: a shard is exactly one zarr chunk (``chunk_rows == shard_size``, one row per
+manifest row), so concurrent tasks never touch the same chunk file, and a shard's region is
+known before it is computed. A worker killed mid-task loses only uncommitted rows: Dask runs
+the task again elsewhere and the shard is rewritten whole, so the store ends complete and
+identical to an uninterrupted run. A client killed mid-run resumes like the in-process run
+(at its last committed shard), with or without a cluster.
+
+Frame mode (``--frames``): one task per shard of the frame layout (blocks of windows of long
+recordings) decodes and computes its windows on a worker, like clip mode, but *returns* its
+rows instead of writing them; the client writes and commits the shards in order. Workers
+cannot write frame rows themselves: a frame shard's first row depends on how many windows
+every earlier shard kept (a file that fails to decode in one shard drops its blocks in the
+later ones), and frame shards do not line up with zarr chunks, so two tasks would share
+chunk files. The client's work per shard is a copy of rows it already holds.
 """
 from __future__ import annotations
 
@@ -29,7 +37,6 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..config import Config
-from ..errors import UsageError
 from ..store import Project
 from .pipeline import (TASK_WINDOWS, Layout, SetPlan, _Computer, _emit_computed, _emit_known, _items, _ordered,
                        _pack, _summary, _Writer, plan_set)
@@ -79,7 +86,7 @@ def _layout(project: str, cfg: Config, cfg_json: str, expected: str) -> Layout:
     depends on no data held by another worker, so any worker can be lost."""
     def make() -> Layout:
         proj = Project(project)
-        layout = Layout.from_manifest(proj, proj.read_manifest(), cfg, False)
+        layout = Layout.from_manifest(proj, proj.read_manifest(), cfg, bool(cfg.features.frames))
         if layout.hash != expected:
             raise RuntimeError(f"the manifest of {project} changed during the run; rerun `klustr features`")
         layout.paths = [p.resolve() for p in layout.paths]
@@ -136,6 +143,49 @@ def shard_task(project: str, cfg_json: str, layout_hash: str, specs: list[SetSpe
                               "seconds": p.seconds} for p in plans}}
 
 
+def frame_shard_task(project: str, cfg_json: str, layout_hash: str, sets: list[str], k: int,
+                     need: np.ndarray) -> dict[str, Any]:
+    """Frame mode: decode and compute the blocks of shard ``k`` marked in ``need`` (runs on a
+    worker) with the in-process code (the same blocks, batches and floats); writes nothing.
+
+    Returns ``{"shard", "units": [(item, {set: rows}, skip reason | None)], "seconds": {set: s}}``
+    for the client to write (see the module docstring for why the client writes frame rows).
+    """
+    from .pipeline import resolve_device
+    from .transforms import build
+
+    cfg = Config.from_dict(json.loads(cfg_json))
+    fc = cfg.features
+    device = resolve_device(fc.device)
+    layout = _layout(project, cfg, cfg_json, layout_hash)
+    lo, _hi = layout.shards[k]
+    plans = [SetPlan(name, None, None, None,  # type: ignore[arg-type]   (computes only: no store)
+                     module=_cached(("module", cfg_json, name, str(device)), lambda: build(name, cfg).to(device)))
+             for name in sets]
+    units = lo + np.flatnonzero(need)
+    decoded = _ordered(_pack(_items(layout, units), None, TASK_WINDOWS), cfg.audio, (fc.window, fc.hop), 0)
+    computer = _Computer(decoded, _OneShard(k), plans, device, fc.batch_size)
+    out = []
+    with _worker_threads():
+        for u in units:
+            it, outs, reason = computer.next()
+            if it.unit != u:
+                raise RuntimeError(f"shard {k}: decoded unit {it.unit}, expected {u}")
+            out.append((it, outs, reason))
+    return {"shard": k, "units": out, "seconds": {p.name: p.seconds for p in plans}}
+
+
+class _Replay:
+    """Stands in for :class:`.pipeline._Computer` on the client: yields a frame task's results."""
+
+    def __init__(self, units: list[tuple]):
+        self.units = iter(units)
+
+    def next(self) -> tuple:
+        it, outs, reason = next(self.units)
+        return it, outs or {}, reason
+
+
 @contextlib.contextmanager
 def _worker_threads() -> Iterator[None]:
     """One torch thread per task (like the in-process decode workers): a worker may run several
@@ -150,13 +200,11 @@ def _worker_threads() -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def check_spec(spec: str, frames: bool) -> None:
-    """Fail at once on a bad ``--cluster`` (before any work)."""
+def check_spec(spec: str, frames: bool = False) -> None:
+    """Fail at once on a bad ``--cluster`` (before any work). Clip and frame mode both run on a cluster."""
     from ..cluster import parse
 
     parse(spec)
-    if frames:
-        raise UsageError("--cluster does not support frame mode (--frames) yet; run frame mode without --cluster")
 
 
 def run(project: Project, cfg: Config, device, client, *, progress: bool = True) -> dict[str, Any]:
@@ -165,11 +213,10 @@ def run(project: Project, cfg: Config, device, client, *, progress: bool = True)
 
     t_start = time.perf_counter()
     fc = cfg.features
-    if fc.frames:
-        check_spec("local", True)
+    frames = bool(fc.frames)
     df = project.read_manifest()
-    layout = Layout.from_manifest(project, df, cfg, False)
-    n_samples = int(round(cfg.audio.clip_seconds * cfg.audio.sample_rate))
+    layout = Layout.from_manifest(project, df, cfg, frames)
+    n_samples = int(round((fc.window if frames else cfg.audio.clip_seconds) * cfg.audio.sample_rate))
     modules = {s: build(s, cfg) for s in fc.sets}
     plans = [plan_set(project, cfg, s, layout, output_dim(modules[s], n_samples)) for s in fc.sets]
     todo = [p for p in plans if not p.done]
@@ -180,15 +227,18 @@ def run(project: Project, cfg: Config, device, client, *, progress: bool = True)
         if active:
             work.append((k, active))
             for u in range(lo, hi):
-                need[u] = layout.ok[u] and any(not p.reusable(layout.ids[u], layout.hashes[u]) for p in active)
-    for p in todo:                     # every task writes its own region: size the arrays once
-        arr = p.store.array(p.gen.name)
-        if arr.shape[0] < len(layout.ids):
-            arr.resize(len(layout.ids), p.gen.dim)
-    n_files = int(need.sum())
+                pos = layout.unit_pos[u]
+                need[u] = layout.ok[pos] and any(not p.reusable(layout.ids[pos], layout.hashes[pos]) for p in active)
+    if not frames:
+        for p in todo:                 # every task writes its own region: size the arrays once
+            arr = p.store.array(p.gen.name)
+            if arr.shape[0] < len(layout.ids):
+                arr.resize(len(layout.ids), p.gen.dim)
+    n_files = len(np.unique(layout.unit_pos[need]))
     if work:
         _check_workers_see(client, [project.path.resolve(), project.library_root.resolve()])
-        log.info("features: %d shards (%d files to decode) on the Dask cluster", len(work), n_files)
+        log.info("features: %d shards (%d files to decode%s) on the Dask cluster", len(work), n_files,
+                 f", {int(layout.unit_n[need].sum())} windows" if frames else "")
         _submit_and_commit(project, cfg, layout, work, need, client, progress)
     for p in todo:
         p.store.finish(p.gen)
@@ -196,18 +246,10 @@ def run(project: Project, cfg: Config, device, client, *, progress: bool = True)
 
 
 def _check_workers_see(client, folders: list[Path]) -> None:
-    """Every worker must see the library and the project at the same paths (else a remote
-    worker would mark every file undecodable)."""
-    import os
+    """Every worker must see the library and the project at the same paths."""
+    from ..cluster import check_workers_see
 
-    for folder in folders:
-        seen = client.run(os.path.isdir, str(folder))
-        blind = sorted(w for w, ok in seen.items() if not ok)
-        if not seen:
-            raise UsageError("--cluster: the Dask cluster has no workers")
-        if blind:
-            raise UsageError(f"--cluster: {len(blind)} worker(s) cannot see {folder} (e.g. {blind[0]}); "
-                             "workers need the library and the project at the same paths")
+    check_workers_see(client, folders)
 
 
 def _spec(p: SetPlan) -> SetSpec:
@@ -224,25 +266,36 @@ def _submit_and_commit(project: Project, cfg: Config, layout: Layout, work: list
     token = uuid.uuid4().hex[:8]
     path = str(project.path.resolve())
     futures = {}
+    frames = layout.frames
     for k, active in work:
         lo, hi = layout.shards[k]
-        f = client.submit(shard_task, path, cfg_json, layout.hash, [_spec(p) for p in active], k, need[lo:hi],
-                          key=f"klustr-shard-{k}-{token}", retries=RETRIES, pure=False)
+        if frames:
+            f = client.submit(frame_shard_task, path, cfg_json, layout.hash, [p.name for p in active], k,
+                              need[lo:hi], key=f"klustr-frames-{k}-{token}", retries=RETRIES, pure=False)
+        else:
+            f = client.submit(shard_task, path, cfg_json, layout.hash, [_spec(p) for p in active], k, need[lo:hi],
+                              key=f"klustr-shard-{k}-{token}", retries=RETRIES, pure=False)
         futures[f] = (k, active)
     order = [k for k, _ in work]
     active_of = dict(work)
     results: dict[int, dict] = {}
-    bar = tqdm(total=int(need.sum()), desc=f"features {','.join(cfg.features.sets)} (dask)", unit=" files",
-               disable=not progress)
+    weight = layout.unit_n if frames else np.ones(len(need), np.int64)
+    bar = tqdm(total=int(weight[need].sum()), desc=f"features {','.join(cfg.features.sets)} (dask)",
+               unit=" windows" if frames else " files", disable=not progress)
     nxt = 0
     try:
         for f in as_completed(list(futures)):
-            k, active = futures[f]
+            k, active = futures.pop(f)          # dropping the last reference frees the result on its worker
             results[k] = f.result()
+            del f
             lo, hi = layout.shards[k]
-            bar.update(int(need[lo:hi].sum()))
+            bar.update(int(weight[lo:hi][need[lo:hi]].sum()))
             while nxt < len(order) and order[nxt] in results:        # commit in manifest order
-                _commit(results.pop(order[nxt]), active_of[order[nxt]])
+                res, active = results.pop(order[nxt]), active_of[order[nxt]]
+                if frames:
+                    _commit_frames(res, active, layout, need, cfg.features.hop)
+                else:
+                    _commit(res, active)
                 nxt += 1
     except BaseException:
         client.cancel(list(futures))
@@ -259,3 +312,21 @@ def _commit(res: dict[str, Any], active: list[SetPlan]) -> None:
         p.seconds += r["seconds"]
         p.store.commit(p.gen, rows_done=res["rows_end"], skipped=r["skipped"])
         p.skipped.update(r["skipped"])
+
+
+def _commit_frames(res: dict[str, Any], active: list[SetPlan], layout: Layout, need: np.ndarray,
+                   hop: float) -> None:
+    """Write one frame shard from its task's rows (and rows copied from an older generation),
+    exactly as the in-process run writes it, then commit it."""
+    k = res["shard"]
+    lo, hi = layout.shards[k]
+    replay = _Replay(res["units"])
+    writers = {p.name: _Writer(p, True) for p in active}
+    for u in range(lo, hi):
+        if need[u]:
+            _emit_computed(replay, u, active, writers, layout, hop)   # type: ignore[arg-type]
+        else:
+            _emit_known(u, active, writers, layout)
+    for p in active:
+        p.seconds += res["seconds"].get(p.name, 0.0)
+        writers[p.name].commit()

@@ -27,12 +27,21 @@ def _project(project) -> Project:
 
 
 def render(project, *, embedding: str | None = None, width: int | None = None, height: int | None = None,
-           by: str | None = None, html: bool = True, progress: bool = True) -> dict:
+           by: str | None = None, html: bool = True, progress: bool = True, cluster=None) -> dict:
     """Write ``PROJECT/map.png`` (and ``PROJECT/map.html``) for one embedding (default: the project's).
 
     ``width`` / ``height`` / ``by`` default to the project's ``[render]`` settings; ``by`` is
-    ``"label"`` or ``"cluster"``. Returns ``{"png": Path, "html": Path | None, "n_points": int,
-    "seconds": float}``.
+    ``"label"`` or ``"cluster"``.
+
+    ``cluster``: a Dask cluster spec (``local:N``, ``cuda``, ``tcp://HOST:PORT``; see
+    :mod:`klustr_gpu.cluster`) or a connected ``distributed.Client``. The embedding is then read
+    as a Dask DataFrame on the workers (which must see the project at the same path), joined
+    with the manifest's label codes there, and datashader rasterises it partition by partition
+    on the cluster: ``map.png`` is the same picture as without a cluster. ``map.html`` is still
+    built in this process from pandas (it holds every point up to ``render.html_max_points``,
+    100,000 by default, for hover; above that only the picture, which needs no points here).
+
+    Returns ``{"png": Path, "html": Path | None, "n_points": int, "seconds": float}``.
     """
     from tqdm.auto import tqdm
 
@@ -47,20 +56,46 @@ def render(project, *, embedding: str | None = None, width: int | None = None, h
         from ..errors import UsageError
         raise UsageError(f"map size {w}x{h} is too small; use at least 64x64 pixels")
     proj.require("manifest")             # before the lock, which would create a missing folder
+    if isinstance(cluster, str) and cluster:
+        from ..cluster import parse
+        parse(cluster)                   # a bad spec fails before any work
     steps = ["load", "map.png"] + (["map.html"] if html else [])
     with proj.lock("render"), \
             tqdm(total=len(steps), desc="render", unit=" step", disable=not progress, leave=False) as bar:
-        data = load_map(proj, embedding=embedding, by=by or cfg.by)
-        bar.update()
-        png = render_png(data, proj.path / "map.png", width=w, height=h)
-        bar.update()
+        if cluster:
+            data, png = _png_on_cluster(proj, cluster, embedding=embedding, by=by or cfg.by, width=w, height=h,
+                                        bar=bar)
+        else:
+            data = load_map(proj, embedding=embedding, by=by or cfg.by)
+            bar.update()
+            png = render_png(data, proj.path / "map.png", width=w, height=h)
+            bar.update()
         page = None
         if html:
+            if data.stats is not None and data.n <= cfg.html_max_points:    # hover data: pandas, here
+                data = load_map(proj, embedding=data.embedding, by=data.by)
             page = render_html(data, proj, proj.path / "map.html", png=png, max_points=cfg.html_max_points)
             bar.update()
     seconds = time.perf_counter() - t0
     log.info("render: %d points -> %s in %.2f s", data.n, png, seconds)
     return {"png": Path(png), "html": Path(page) if page else None, "n_points": int(data.n), "seconds": seconds}
+
+
+def _png_on_cluster(proj: Project, cluster, *, embedding, by, width: int, height: int, bar):
+    """``map.png`` from a Dask DataFrame of the embedding, aggregated on the cluster's workers."""
+    import dask
+
+    from ..cluster import check_workers_see, using
+    from .data import load_map_dask
+    from .static import render_png
+
+    with using(cluster) as client, dask.config.set(scheduler=client):
+        check_workers_see(client, [proj.path.resolve()])
+        data = load_map_dask(proj, embedding=embedding, by=by)
+        bar.update()
+        png = render_png(data, proj.path / "map.png", width=width, height=height)
+        bar.update()
+    return data, png
 
 
 def plot(project, *, embedding: str | None = None, by: str = "label", dynamic: bool = True):

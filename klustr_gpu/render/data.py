@@ -4,6 +4,10 @@
 ``id`` (point id), ``file_id``, ``start`` (seconds), ``name`` (file name), ``path`` (relative to
 the library), ``label``, ``duration`` and ``cat`` (the colouring category: a pandas
 Categorical whose last category is the grey "unlabelled" one when present).
+
+``load_map_dask(project)`` (``klustr render --cluster``) gives the same points for the picture
+only, as a Dask DataFrame: ``x``, ``y`` and the colouring column (categorical codes), read and
+joined with the manifest partition by partition on the cluster; counts and ranges come along.
 """
 from __future__ import annotations
 
@@ -50,13 +54,23 @@ class MapData:
     embedding: str
     params: dict[str, Any] = field(default_factory=dict)
     frames: bool = False
+    #: points held as a Dask DataFrame: ``{"n", "counts": {category: n}, "x": (min, max), "y": (min, max)}``
+    stats: dict[str, Any] | None = None
 
     @property
     def n(self) -> int:
-        return len(self.points)
+        return int(self.stats["n"]) if self.stats is not None else len(self.points)
+
+    def counts(self) -> dict[str, int]:
+        """Points per category of ``by``."""
+        if self.stats is not None:
+            return dict(self.stats["counts"])
+        return self.points[self.by].value_counts().to_dict()
 
     def bounds(self, aspect: float | None = None, pad: float = 0.04) -> tuple[tuple[float, float], tuple[float, float]]:
         """Padded ``(x_range, y_range)``; widened to ``aspect`` (width / height) when given."""
+        if self.stats is not None:
+            return data_bounds(np.asarray(self.stats["x"]), np.asarray(self.stats["y"]), aspect=aspect, pad=pad)
         return data_bounds(self.points["x"].to_numpy(), self.points["y"].to_numpy(), aspect=aspect, pad=pad)
 
 
@@ -93,12 +107,19 @@ def _natural(u: str) -> tuple:
 def categories(values: pd.Series) -> tuple[pd.Categorical, dict[str, str]]:
     """A Categorical of ``values`` (sorted, unlabelled last) and its colour key (grey for unlabelled)."""
     s = _clean_labels(values)
-    uniq = sorted((u for u in s.unique() if u != UNLABELLED), key=_natural)
-    cats = uniq + ([UNLABELLED] if (s == UNLABELLED).any() else [])
+    cats, key = _category_order(s.unique())
+    return pd.Categorical(s, categories=cats), key
+
+
+def _category_order(uniques) -> tuple[list[str], dict[str, str]]:
+    """Categories of cleaned values given in order of first appearance (sorted, unlabelled
+    last) and their colour key."""
+    uniq = sorted((u for u in uniques if u != UNLABELLED), key=_natural)
+    cats = uniq + ([UNLABELLED] if UNLABELLED in set(uniques) else [])
     key = dict(zip(uniq, palette(len(uniq))))
     if UNLABELLED in cats:
         key[UNLABELLED] = GREY
-    return pd.Categorical(s, categories=cats), key
+    return cats, key
 
 
 def _cluster_names(cl: pd.Series) -> pd.Series:
@@ -162,6 +183,118 @@ def load_map(project: Project | str | os.PathLike, *, embedding: str | None = No
         key = lab_key
     frames = bool((pts["id"] != pts["file_id"]).any())
     return MapData(points=pts, by=by, color_key=key, embedding=name, params=params, frames=frames)
+
+
+def _part_keep(df: pd.DataFrame, files: pd.Series, fid_col: str):
+    """Positions in ``files`` (the ok manifest rows) of a partition's points, and the mask of
+    the points kept (a known file, finite float32 coordinates), as :func:`load_map` keeps them."""
+    pos = files.index.get_indexer(df[fid_col].astype(str))
+    x, y = df["x"].to_numpy(np.float32), df["y"].to_numpy(np.float32)
+    return pos, pos >= 0, np.isfinite(x) & np.isfinite(y), x, y
+
+
+def _part_summary(df: pd.DataFrame, files: pd.Series, fid_col: str, by: str) -> dict[str, Any]:
+    """One partition's share of the plan: counts dropped / kept and the colour values seen."""
+    pos, known, finite, _, _ = _part_keep(df, files, fid_col)
+    keep = known & finite
+    out: dict[str, Any] = {"unknown": int((~known).sum()), "nonfinite": int((known & ~finite).sum()),
+                           "n": int(keep.sum()), "emb_any": False, "emb": [], "man": [], "cluster": []}
+    if by == "cluster":
+        out["cluster"] = list(pd.unique(_clean_labels(_cluster_names(df["cluster"][keep].reset_index(drop=True)))))
+        return out
+    if "label" in df:
+        lab = df["label"][keep]
+        out["emb_any"] = bool(lab.notna().any())
+        out["emb"] = list(pd.unique(_clean_labels(pd.Series(np.asarray(lab, dtype=object)))))
+    codes = pd.unique(files.cat.codes.to_numpy()[pos[keep]])          # first appearance, as codes
+    out["man"] = list(files.cat.categories[codes])
+    return out
+
+
+def _part_points(df: pd.DataFrame, files: pd.Series, fid_col: str, by: str, source: str,
+                 cats: list[str]) -> pd.DataFrame:
+    """One partition's points for the picture: ``x``, ``y`` (float32) and ``by`` (categorical)."""
+    pos, known, finite, x, y = _part_keep(df, files, fid_col)
+    keep = known & finite
+    if by == "cluster":
+        values = _clean_labels(_cluster_names(df["cluster"][keep].reset_index(drop=True)))
+    elif source == "emb":
+        values = _clean_labels(pd.Series(np.asarray(df["label"][keep], dtype=object)))
+    else:                                          # manifest labels: remap codes, no strings per point
+        remap = pd.Index(cats).get_indexer(files.cat.categories)
+        col = pd.Categorical.from_codes(remap[files.cat.codes.to_numpy()[pos[keep]]], categories=cats)
+        return pd.DataFrame({"x": x[keep], "y": y[keep], by: col})
+    return pd.DataFrame({"x": x[keep], "y": y[keep], by: pd.Categorical(np.asarray(values, dtype=object),
+                                                                         categories=cats)})
+
+
+def load_map_dask(project: Project | str | os.PathLike, *, embedding: str | None = None,
+                  by: str | None = None) -> MapData:
+    """:func:`load_map` for ``map.png`` on a Dask cluster: the same points, categories, colours,
+    counts and ranges, computed on the current Dask scheduler (``render`` sets the cluster's
+    client as the scheduler).
+
+    The embedding is read with ``dask.dataframe.read_parquet`` (one partition per row group),
+    only the columns the picture needs; each partition is joined with the manifest's labels
+    (ok files only; a small Categorical sent once to the workers) and reduced to ``x``, ``y``
+    (float32) and the colouring column as categorical codes, persisted on the workers. The
+    returned :class:`MapData` holds that Dask DataFrame in ``points`` (no names, paths or
+    durations: ``map.html`` is built from :func:`load_map`) and the counts and ranges in ``stats``.
+    """
+    import dask
+    import dask.dataframe as dd
+    import pyarrow.parquet as pq
+
+    from ..store import read_parquet_metadata
+
+    project = project if isinstance(project, Project) else Project(project)
+    project.require("manifest")
+    by = by or project.load_config().render.by
+    if by not in BY_CHOICES:
+        raise UsageError(f"unknown colouring {by!r}; choose one of: {', '.join(BY_CHOICES)}")
+    name = embedding or project.default_embedding()
+    path = project.embedding_path(name)
+    if not path.exists():
+        project.read_embedding(name)                 # the usual "no embedding" error
+    path = path.resolve()
+    cols = set(pq.read_schema(path).names)
+    missing = {"id", "x", "y"} - cols
+    if missing:
+        raise UsageError(f"embedding {name!r} lacks columns {sorted(missing)}; rerun `klustr embed {project.path}`")
+    if by == "cluster" and "cluster" not in cols:
+        raise UsageError(f"embedding {name!r} has no 'cluster' column; use --by label")
+    fid_col = "file_id" if "file_id" in cols else "id"
+    read = ["x", "y", fid_col] + (["cluster"] if by == "cluster" else ["label"] if "label" in cols else [])
+    man = project.read_manifest()
+    man = man[man["status"] == "ok"]
+    files = pd.Series(pd.Categorical(_clean_labels(man["label"].reset_index(drop=True))),
+                      index=pd.Index(man["id"].astype(str).to_numpy()))
+    files_d = dask.delayed(files, pure=True)         # one task holds it; every partition shares it
+    ddf = dd.read_parquet(str(path), columns=read, split_row_groups=True)
+    parts = ddf.to_delayed()
+    summaries = dask.compute(*[dask.delayed(_part_summary)(p, files_d, fid_col, by) for p in parts])
+    unknown = sum(s["unknown"] for s in summaries)
+    nonfinite = sum(s["nonfinite"] for s in summaries)
+    if unknown:
+        log.warning("render: %d points refer to files not in the manifest (or skipped); dropped", unknown)
+    if nonfinite:
+        log.warning("render: %d points with non-finite coordinates dropped", nonfinite)
+    if not sum(s["n"] for s in summaries):
+        raise UsageError(f"embedding {name!r} has no points of usable files; rerun `klustr embed {project.path}`")
+    source = "emb" if any(s["emb_any"] for s in summaries) else "man"
+    field_ = "cluster" if by == "cluster" else source
+    seen = pd.unique(np.asarray([v for s in summaries for v in s[field_]], dtype=object))  # first appearance
+    cats, key = _category_order(list(seen))
+    meta = pd.DataFrame({"x": np.zeros(0, np.float32), "y": np.zeros(0, np.float32),
+                         by: pd.Categorical([], categories=cats)})
+    pts = dd.from_delayed([dask.delayed(_part_points)(p, files_d, fid_col, by, source, cats) for p in parts],
+                          meta=meta, verify_meta=False).persist()
+    x0, x1, y0, y1, counts = dask.compute(pts["x"].min(), pts["x"].max(), pts["y"].min(), pts["y"].max(),
+                                          pts[by].value_counts())
+    counts = {str(k): int(v) for k, v in counts.items() if v}
+    stats = {"n": int(sum(counts.values())), "counts": counts, "x": (x0, x1), "y": (y0, y1)}
+    return MapData(points=pts, by=by, color_key=key, embedding=name, params=read_parquet_metadata(path),
+                   stats=stats)
 
 
 def audio_urls_relative(project: Project, rels: list[str], html_dir: Path | None = None) -> list[str]:

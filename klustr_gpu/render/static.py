@@ -132,16 +132,19 @@ def _legend_width(data: MapData, counts: dict[str, int], font) -> int:
 
 
 def render_png(data: MapData, target: Path, *, width: int, height: int) -> Path:
-    """Write the datashaded map plus a legend strip on the right to ``target`` (atomically)."""
+    """Write the datashaded map plus a legend strip on the right to ``target`` (atomically).
+    ``data.points`` is a pandas or (from :func:`.data.load_map_dask`) a Dask DataFrame."""
     from PIL import Image, ImageDraw
 
     font, small = _font(14), _font(12)
-    counts = data.points[data.by].value_counts().to_dict()
+    counts = data.counts()
     legend_w = _legend_width(data, counts, font) if data.color_key else 0
     map_w = max(64, width - legend_w)
     x_range, y_range = data.bounds(aspect=map_w / height)
+    # data.points may be a Dask DataFrame (render --cluster): datashader aggregates it partition
+    # by partition on the cluster; the integer counts, hence the picture, equal the pandas ones
     img = shade(data.points, by=data.by, color_key=data.color_key, width=map_w, height=height,
-                x_range=x_range, y_range=y_range)
+                x_range=x_range, y_range=y_range, max_px=spread_px(data.n, map_w, height))
     canvas = Image.new("RGB", (map_w + legend_w, height), BACKGROUND)
     layer = img.to_pil()
     canvas.paste(layer, (0, 0), layer)
