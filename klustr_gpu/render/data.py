@@ -131,14 +131,19 @@ def _cluster_names(cl: pd.Series) -> pd.Series:
     return cl.astype("object").map(lambda v: None if v is None or pd.isna(v) or str(v) == "-1" else str(v))
 
 
-def load_map(project: Project | str | os.PathLike, *, embedding: str | None = None, by: str | None = None) -> MapData:
-    """Join the embedding with the manifest (ok files only) and assign colours by ``by``."""
+def _resolve(project, embedding: str | None, by: str | None) -> tuple[Project, str, str]:
+    """The project, the checked colouring and the embedding's name (the default when None)."""
     project = project if isinstance(project, Project) else Project(project)
     project.require("manifest")
     by = by or project.load_config().render.by
     if by not in BY_CHOICES:
         raise UsageError(f"unknown colouring {by!r}; choose one of: {', '.join(BY_CHOICES)}")
-    name = embedding or project.default_embedding()
+    return project, by, embedding or project.default_embedding()
+
+
+def load_map(project: Project | str | os.PathLike, *, embedding: str | None = None, by: str | None = None) -> MapData:
+    """Join the embedding with the manifest (ok files only) and assign colours by ``by``."""
+    project, by, name = _resolve(project, embedding, by)
     emb, params = project.read_embedding(name)
     missing = {"id", "x", "y"} - set(emb.columns)
     if missing:
@@ -247,12 +252,7 @@ def load_map_dask(project: Project | str | os.PathLike, *, embedding: str | None
 
     from ..store import read_parquet_metadata
 
-    project = project if isinstance(project, Project) else Project(project)
-    project.require("manifest")
-    by = by or project.load_config().render.by
-    if by not in BY_CHOICES:
-        raise UsageError(f"unknown colouring {by!r}; choose one of: {', '.join(BY_CHOICES)}")
-    name = embedding or project.default_embedding()
+    project, by, name = _resolve(project, embedding, by)
     path = project.embedding_path(name)
     if not path.exists():
         project.read_embedding(name)                 # the usual "no embedding" error
