@@ -146,7 +146,7 @@ def plot(rows: list[dict], target: Path) -> None:
     for ax in axes:
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
-    fig.suptitle("klustr_gpu: cost by stage (2017-style one-shots in clip mode; 1M = frame mode)", fontsize=10)
+    fig.suptitle("klustr_gpu: cost by stage, one CPU machine (10k and 100k: demo-corpus one-shots, clip mode; 1M: 70 h of recordings, frame mode)", fontsize=10)
     fig.tight_layout()
     fig.savefig(target, dpi=110)
 
@@ -169,14 +169,15 @@ def main(argv=None) -> int:
     ap.add_argument("--cases", default=DEFAULT_CASES, help=f"comma-separated (default {DEFAULT_CASES})")
     ap.add_argument("--quick", action="store_true", help="small cases: clips:2000,frames:2")
     ap.add_argument("--workdir", default=str(CACHE / "scaling"), help="where the projects are built")
+    ap.add_argument("--plot-only", action="store_true", help="redraw the plot and table from scaling.json")
     args = ap.parse_args(argv)
-    cases = "clips:2000,frames:2" if args.quick else args.cases
+    cases = "" if args.plot_only else "clips:2000,frames:2" if args.quick else args.cases
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     OUT.mkdir(exist_ok=True)
     store = OUT / "scaling.json"
     rows = json.loads(store.read_text()) if store.exists() else []
-    for case in cases.split(","):
+    for case in filter(None, cases.split(",")):
         new = run_case(case, workdir)
         rows = [r for r in rows if r["case"] != case] + new
         store.write_text(json.dumps(rows, indent=1))
