@@ -414,7 +414,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
-    logging.basicConfig(level=level, format="klustr: %(message)s")
+    # our messages at the chosen level; other libraries' only from WARNING up (numba's DEBUG
+    # output alone is thousands of lines of compiler IR)
+    logging.basicConfig(level=logging.WARNING, format="klustr: %(message)s")
+    logging.getLogger("klustr_gpu").setLevel(level)
     try:
         return args.func(args)
     except UsageError as exc:

@@ -179,6 +179,23 @@ def test_quality_and_determinism(digits_pre, method):
         np.testing.assert_array_equal(Y1, Y3)
 
 
+def test_umap_starts_from_pca_above_the_spectral_limit(digits_pre, monkeypatch):
+    """init="auto": spectral on small maps, PCA above SPECTRAL_INIT_MAX points (ARPACK's cost
+    grows fastest there); the map stays as good, and seeded runs stay identical."""
+    from klustr_gpu.reduce import cpu
+
+    Xp, y, knn = digits_pre
+    monkeypatch.setattr(cpu, "SPECTRAL_INIT_MAX", 100)
+    Y_auto = fit_embedding(Xp, "umap", knn=knn, seed=0)
+    Y_pca = fit_embedding(Xp, "umap", knn=knn, seed=0, init="pca")
+    np.testing.assert_array_equal(Y_auto, Y_pca)
+    assert knn_accuracy(Y_auto, y) > 0.9
+    monkeypatch.setattr(cpu, "SPECTRAL_INIT_MAX", 10**9)
+    Y_spectral = fit_embedding(Xp, "umap", knn=knn, seed=0)
+    np.testing.assert_array_equal(Y_spectral, fit_embedding(Xp, "umap", knn=knn, seed=0, init="spectral"))
+    assert not np.array_equal(Y_spectral, Y_pca)
+
+
 def test_pca_method(digits_pre):
     Xp, y, _ = digits_pre
     Y = fit_embedding(Xp, "pca")

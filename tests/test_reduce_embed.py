@@ -53,14 +53,15 @@ def test_embed_umap_writes_the_map_with_labels_and_parameters(project):
 
 
 def test_keyword_overrides_reach_the_config_and_the_graph_is_reused(project, caplog):
-    embed(project, method="umap", progress=False)
-    graphs = sorted((project / "neighbours").glob("*.npz"))
-    caplog.set_level("INFO", logger="klustr_gpu.reduce")
     df = embed(project, method="tsne", perplexity=20, name="t20", seed=3, progress=False)
-    assert sorted((project / "neighbours").glob("*.npz")) == graphs      # same graph served t-SNE
-    assert "reusing neighbour graph" in caplog.text
+    graphs = sorted((project / "neighbours").glob("*.npz"))
+    assert [g.name.rsplit("-", 1)[1] for g in graphs] == ["k60.npz"]        # what t-SNE needs: 3 x 20
     cfg = Project(project).load_config()
     assert cfg.reduce.method == "tsne" and cfg.reduce.perplexity == 20 and cfg.seed == 3
+    caplog.set_level("INFO", logger="klustr_gpu.reduce")
+    embed(project, method="umap", name="u", seed=3, progress=False)
+    assert sorted((project / "neighbours").glob("*.npz")) == graphs      # t-SNE's graph, sliced, served UMAP
+    assert "reusing neighbour graph" in caplog.text
     _, meta = Project(project).read_embedding("t20")
     assert meta["params"]["perplexity"] == 20 and meta["seed"] == 3
     assert knn_accuracy(df) > 0.8

@@ -88,13 +88,20 @@ class OpenTSNE(Reducer):
         return np.asarray(emb)
 
 
+#: Above this many points ``init="auto"`` starts UMAP from PCA instead of the spectral layout:
+#: ARPACK's eigensolver costs 12.8 s of 47 s at 100,000 points here (single-threaded) for the
+#: same 10-NN accuracy (0.9938 spectral, 0.9935 PCA, on 100,460 demo-corpus + Hydrogen clips).
+SPECTRAL_INIT_MAX = 50_000
+
+
 class UMAPLearn(Reducer):
     """UMAP with umap-learn on a precomputed k-NN graph, with numba's disk cache switched on.
     ``n_epochs=None`` uses 200 (umap-learn uses 500 below 10,000 points); a set
-    ``random_state`` makes it deterministic (and single-threaded, umap-learn's rule)."""
+    ``random_state`` makes it deterministic (and single-threaded, umap-learn's rule).
+    ``init="auto"``: the spectral layout up to ``SPECTRAL_INIT_MAX`` points, PCA above."""
 
     def __init__(self, n_components: int = 2, *, n_neighbors: int = 15, min_dist: float = 0.1,
-                 metric: str = "euclidean", n_epochs: int | None = None, init: str = "spectral",
+                 metric: str = "euclidean", n_epochs: int | None = None, init: str = "auto",
                  n_jobs: int = 0, random_state: int | None = None):
         self.n_components = n_components
         self.n_neighbors = n_neighbors
@@ -116,8 +123,9 @@ class UMAPLearn(Reducer):
         graph = slice_knn(knn, nn - 1) if knn is not None else knn_graph(
             X, nn - 1, metric=self.metric, seed=self.random_state or 0)
         idx, dist = with_self(graph)
+        init = self.init if self.init != "auto" else "spectral" if n <= SPECTRAL_INIT_MAX else "pca"
         model = umap.UMAP(n_components=self.n_components, n_neighbors=nn, min_dist=self.min_dist,
-                          metric=self.metric, n_epochs=self.n_epochs or 200, init=self.init,
+                          metric=self.metric, n_epochs=self.n_epochs or 200, init=init,
                           random_state=self.random_state,
                           n_jobs=1 if self.random_state is not None else n_jobs(self.n_jobs),
                           precomputed_knn=(idx, dist, None))
