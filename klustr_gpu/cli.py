@@ -179,7 +179,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--embedding", metavar="NAME", help="which embedding (default: the project's default)")
     p.add_argument("--width", type=_positive_int)
     p.add_argument("--height", type=_positive_int)
-    p.add_argument("--by", choices=["label", "cluster"])
+    p.add_argument("--by", choices=["auto", "label", "cluster"],
+                   help="colour by label, by the embedding's k-means cluster, or auto (default: label "
+                        "when the library has labels, else cluster)")
     _add_cluster(p, "read the embedding and rasterise map.png on a Dask cluster (map.html is built here)")
     _add_common(p)
     p.set_defaults(func=run_render)

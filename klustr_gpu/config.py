@@ -141,13 +141,14 @@ class ReduceConfig:
     umap_epochs: int = 0             # 0 = auto (200)
     transform_batch: int = 100_000   # rows per batch when placing points beyond the sample
     cache_neighbours: bool = True    # keep k-NN graphs in PROJECT/neighbours/ for reuse
+    clusters: int = 12               # k-means clusters of the features stored with each map (0 = none)
 
 
 @dataclass
 class RenderConfig:
     width: int = 1200
     height: int = 900
-    by: str = "label"                # "label" or "cluster"
+    by: str = "auto"                 # "label", "cluster" or "auto" (label if any, else cluster)
     html_max_points: int = 100_000   # map.html: above this, the raster instead of the points
     neighbours: int = 10             # serve: neighbours listed for a clicked sample
 

@@ -39,7 +39,11 @@ def project(featured, tmp_path):
 
 def test_embed_umap_writes_the_map_with_labels_and_parameters(project):
     df = embed(project, progress=False)
-    assert list(df.columns) == ["id", "file_id", "start", "x", "y", "label"]
+    assert list(df.columns) == ["id", "file_id", "start", "x", "y", "label", "cluster"]
+    # k-means of the features, the colours of an unlabelled map: 12 groups that follow the classes
+    from sklearn.metrics import homogeneity_score
+    assert df["cluster"].nunique() == 12 and df["cluster"].between(0, 11).all()
+    assert homogeneity_score(df["label"], df["cluster"]) > 0.5
     man = Project(project).read_manifest()
     assert len(df) == int((man["status"] == "ok").sum())
     assert df["label"].notna().all() and set(df["label"]) <= set(man["label"])

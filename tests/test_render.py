@@ -117,6 +117,27 @@ def test_load_map_by_cluster_and_errors(project, tmp_path):
         load_map(tmp_path / "missing")
 
 
+def test_auto_colours_an_unlabelled_library_by_cluster(project, tmp_path):
+    """`auto` (the default): by label when the library has labels; an unlabelled one (frame
+    mode, a plain folder) by the embedding's k-means clusters, when it has them."""
+    from klustr_gpu.render.data import load_map
+
+    assert load_map(project, by="auto").by == "label"
+    dst = tmp_path / "unlabelled"
+    shutil.copytree(project, dst)
+    p = Project(dst)
+    man = p.read_manifest()
+    man["label"] = None
+    p.write_manifest(man, p.manifest_metadata())
+    emb, meta = p.read_embedding("fake")
+    p.write_embedding("fake", emb.assign(label=None), meta)
+    data = load_map(dst, embedding="fake", by="auto")
+    assert data.by == "cluster" and list(data.color_key) == [str(i) for i in range(7)]
+    p.write_embedding("nocl", emb.assign(label=None).drop(columns="cluster"), meta)
+    data = load_map(dst, embedding="nocl", by="auto")
+    assert data.by == "label" and list(data.color_key) == ["(unlabelled)"]
+
+
 def test_points_of_skipped_files_are_dropped(project, tmp_path):
     from klustr_gpu.render.data import load_map
 

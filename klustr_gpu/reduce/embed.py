@@ -122,6 +122,24 @@ def _method_params(r: ReduceConfig) -> dict[str, Any]:
                 transform_batch=r.transform_batch)
 
 
+def feature_clusters(Xp: np.ndarray, k: int, *, seed: int = 0) -> np.ndarray:
+    """k-means of the preprocessed features (mini-batch, seeded: a second or two at a million
+    points): the colours of an unlabelled map (``render --by cluster``, or ``auto``). int16,
+    0..k-1; all 0 when there is nothing to cluster."""
+    n = Xp.shape[0]
+    k = min(int(k), n)
+    if k < 2 or Xp.shape[1] == 0:
+        return np.zeros(n, dtype=np.int16)
+    import warnings
+
+    from sklearn.cluster import MiniBatchKMeans
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")          # duplicate points: fewer distinct clusters than k
+        km = MiniBatchKMeans(n_clusters=k, batch_size=4096, n_init=3, random_state=seed)
+        return km.fit_predict(np.asarray(Xp, dtype=np.float32)).astype(np.int16)
+
+
 def _graph_k(r: ReduceConfig, n: int) -> int:
     """The neighbours this run needs: 3 x perplexity for t-SNE, n_neighbors - 1 for UMAP. A
     cached graph with at least that many is sliced, so a UMAP after a t-SNE reuses its graph;
@@ -214,6 +232,8 @@ def embed(project, config: Config | None = None, *, method: str | None = None, f
         df = pd.DataFrame({"id": table.ids, "file_id": table.file_ids,
                            "start": np.asarray(table.starts, dtype=np.float64),
                            "x": Y[:, 0], "y": Y[:, 1], "label": _labels(proj, table.file_ids)})
+        if r.clusters > 0:
+            df["cluster"] = feature_clusters(Xp, r.clusters, seed=cfg.seed)
         meta = {"method": r.method, "engine": resolved, "engine_requested": r.engine,
                 "features": r.features, "params": dict(vars(r)), "seed": cfg.seed,
                 "seconds": round(seconds, 3), "n_points": int(n), "dims_in": int(table.X.shape[1]),

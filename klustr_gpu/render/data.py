@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 UNLABELLED = "(unlabelled)"
 GREY = "#a0a0a0"
-BY_CHOICES = ("label", "cluster")
+BY_CHOICES = ("auto", "label", "cluster")
 
 # Tableau 10: distinct, readable on white; more categories fall back to colorcet's glasbey.
 _TAB10 = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
@@ -138,7 +138,26 @@ def _resolve(project, embedding: str | None, by: str | None) -> tuple[Project, s
     by = by or project.load_config().render.by
     if by not in BY_CHOICES:
         raise UsageError(f"unknown colouring {by!r}; choose one of: {', '.join(BY_CHOICES)}")
-    return project, by, embedding or project.default_embedding()
+    name = embedding or project.default_embedding()
+    if by == "auto":
+        by = _auto_colouring(project, name)
+    return project, by, name
+
+
+def _auto_colouring(project: Project, name: str) -> str:
+    """``auto``: by label when any usable file has one, else by the embedding's k-means
+    clusters when it has them (an unlabelled library, frame mode), else by label (all grey)."""
+    man = project.read_manifest()
+    if man.loc[man["status"] == "ok", "label"].notna().any():
+        return "label"
+    import pyarrow.parquet as pq
+
+    path = project.embedding_path(name)
+    try:
+        has_cluster = "cluster" in pq.read_schema(path).names
+    except (OSError, ValueError):
+        has_cluster = False                        # missing or unreadable: load_map says so
+    return "cluster" if has_cluster else "label"
 
 
 def load_map(project: Project | str | os.PathLike, *, embedding: str | None = None, by: str | None = None) -> MapData:
