@@ -31,7 +31,8 @@ def render(project, *, embedding: str | None = None, width: int | None = None, h
     """Write ``PROJECT/map.png`` (and ``PROJECT/map.html``) for one embedding (default: the project's).
 
     ``width`` / ``height`` / ``by`` default to the project's ``[render]`` settings; ``by`` is
-    ``"label"`` or ``"cluster"``.
+    ``"label"``, ``"cluster"`` (the embedding's k-means clusters) or ``"auto"`` (label when the
+    library has labels, else cluster).
 
     ``cluster``: a Dask cluster spec (``local:N``, ``cuda``, ``tcp://HOST:PORT``; see
     :mod:`klustr_gpu.cluster`) or a connected ``distributed.Client``. The embedding is then read
@@ -98,7 +99,7 @@ def _png_on_cluster(proj: Project, cluster, *, embedding, by, width: int, height
     return data, png
 
 
-def plot(project, *, embedding: str | None = None, by: str = "label", dynamic: bool = True):
+def plot(project, *, embedding: str | None = None, by: str = "auto", dynamic: bool = True):
     """A HoloViews object of the map, datashaded (re-rasterised on zoom when ``dynamic``)."""
     from .data import load_map
     from .views import map_plot
