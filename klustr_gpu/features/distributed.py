@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 from ..config import Config
 from ..store import Project
 from .pipeline import (TASK_WINDOWS, Layout, SetPlan, _Computer, _emit_computed, _emit_known, _items, _ordered,
-                       _pack, _summary, _Writer, plan_set)
+                       _pack, _summary, _Writer, plan_run, units_to_decode)
 from .store import Generation, RowSource, SetStore
 
 log = logging.getLogger(__name__)
@@ -209,26 +209,11 @@ def check_spec(spec: str, frames: bool = False) -> None:
 
 def run(project: Project, cfg: Config, device, client, *, progress: bool = True) -> dict[str, Any]:
     """Like :func:`.pipeline.run`, with every shard computed as one task on ``client``'s workers."""
-    from .transforms import build, output_dim
-
     t_start = time.perf_counter()
-    fc = cfg.features
-    frames = bool(fc.frames)
-    df = project.read_manifest()
-    layout = Layout.from_manifest(project, df, cfg, frames)
-    n_samples = int(round((fc.window if frames else cfg.audio.clip_seconds) * cfg.audio.sample_rate))
-    modules = {s: build(s, cfg) for s in fc.sets}
-    plans = [plan_set(project, cfg, s, layout, output_dim(modules[s], n_samples)) for s in fc.sets]
+    frames = bool(cfg.features.frames)
+    layout, _, plans = plan_run(project, cfg)
     todo = [p for p in plans if not p.done]
-    need = np.zeros(len(layout.unit_pos), bool)
-    work: list[tuple[int, list[SetPlan]]] = []
-    for k, (lo, hi) in enumerate(layout.shards):
-        active = [p for p in todo if p.needs(k)]
-        if active:
-            work.append((k, active))
-            for u in range(lo, hi):
-                pos = layout.unit_pos[u]
-                need[u] = layout.ok[pos] and any(not p.reusable(layout.ids[pos], layout.hashes[pos]) for p in active)
+    need, _, work = units_to_decode(layout, todo)
     if not frames:
         for p in todo:                 # every task writes its own region: size the arrays once
             arr = p.store.array(p.gen.name)

@@ -577,34 +577,50 @@ class _Computer:
         return self.ready.popleft()
 
 
-def run(project: Project, cfg: Config, device, *, progress: bool = True) -> dict[str, Any]:
-    """Compute every set of ``cfg.features.sets``; see :func:`klustr_gpu.features.extract`."""
+def plan_run(project: Project, cfg: Config) -> tuple["Layout", dict[str, Any], list["SetPlan"]]:
+    """The layout of the manifest, a module per feature set and each set's plan (what its
+    store holds, what it still needs): the start of an in-process and of a Dask run alike."""
     from .transforms import build, output_dim
 
-    t_start = time.perf_counter()
     fc = cfg.features
     frames = bool(fc.frames)
-    df = project.read_manifest()
-    layout = Layout.from_manifest(project, df, cfg, frames)
+    layout = Layout.from_manifest(project, project.read_manifest(), cfg, frames)
     n_samples = int(round((fc.window if frames else cfg.audio.clip_seconds) * cfg.audio.sample_rate))
     modules = {s: build(s, cfg) for s in fc.sets}
     plans = [plan_set(project, cfg, s, layout, output_dim(modules[s], n_samples)) for s in fc.sets]
-    for p in plans:
-        p.module = modules[p.name].to(device)
-    todo = [p for p in plans if not p.done]
+    return layout, modules, plans
 
-    # which units must be decoded: of an ok file, in a shard some set still needs, and not
-    # reusable (same id and content hash) by every such set
+
+def units_to_decode(layout: "Layout", todo: list["SetPlan"]):
+    """``(need, shard_of, work)``: which units must be decoded (of an ok file, in a shard some
+    set still needs, and not reusable, same id and content hash, by every such set), each
+    unit's shard, and ``[(shard, sets that need it)]``."""
     need = np.zeros(len(layout.unit_pos), bool)
     shard_of = np.zeros(len(layout.unit_pos), np.int32)
+    work: list[tuple[int, list[SetPlan]]] = []
     for k, (lo, hi) in enumerate(layout.shards):
         shard_of[lo:hi] = k
         active = [p for p in todo if p.needs(k)]
         if not active:
             continue
+        work.append((k, active))
         for u in range(lo, hi):
             pos = layout.unit_pos[u]
             need[u] = layout.ok[pos] and any(not p.reusable(layout.ids[pos], layout.hashes[pos]) for p in active)
+    return need, shard_of, work
+
+
+def run(project: Project, cfg: Config, device, *, progress: bool = True) -> dict[str, Any]:
+    """Compute every set of ``cfg.features.sets``; see :func:`klustr_gpu.features.extract`."""
+    t_start = time.perf_counter()
+    fc = cfg.features
+    frames = bool(fc.frames)
+    layout, modules, plans = plan_run(project, cfg)
+    for p in plans:
+        p.module = modules[p.name].to(device)
+    todo = [p for p in plans if not p.done]
+
+    need, shard_of, _ = units_to_decode(layout, todo)
     n_files = len(np.unique(layout.unit_pos[need]))
     small = IN_PROCESS_BELOW_CUDA if device.type == "cuda" else IN_PROCESS_BELOW
     n_work = int(layout.unit_n[need].sum())          # clips, or windows in frame mode
