@@ -10,8 +10,7 @@ import inspect
 
 import numpy as np
 
-from .base import Reducer
-from .gpu_common import euclidean_view
+from .gpu_common import PCAParams, TSNEParams, UMAPParams, euclidean_view, pad_columns
 
 
 def _import():
@@ -30,16 +29,7 @@ def _run(estimator, X: np.ndarray) -> np.ndarray:
     return np.asarray(cupy.asnumpy(Y), dtype=np.float32)
 
 
-class CumlUMAP(Reducer):
-    def __init__(self, n_components: int = 2, *, n_neighbors: int = 15, min_dist: float = 0.1,
-                 metric: str = "euclidean", n_epochs: int | None = None, random_state: int | None = None):
-        self.n_components = n_components
-        self.n_neighbors = n_neighbors
-        self.min_dist = min_dist
-        self.metric = metric
-        self.n_epochs = n_epochs
-        self.random_state = random_state
-
+class CumlUMAP(UMAPParams):
     def _fit(self, X, knn):
         _, cuml = _import()
         nn = min(int(self.n_neighbors), X.shape[0] - 1)
@@ -48,15 +38,7 @@ class CumlUMAP(Reducer):
         return _run(est, euclidean_view(X, self.metric))
 
 
-class CumlTSNE(Reducer):
-    def __init__(self, n_components: int = 2, *, perplexity: float = 30.0, n_iter: int = 1000,
-                 metric: str = "euclidean", random_state: int | None = None):
-        self.n_components = n_components
-        self.perplexity = perplexity
-        self.n_iter = n_iter
-        self.metric = metric
-        self.random_state = random_state
-
+class CumlTSNE(TSNEParams):
     def _fit(self, X, knn):
         _, cuml = _import()
         cls = cuml.manifold.TSNE
@@ -66,17 +48,11 @@ class CumlTSNE(Reducer):
         return _run(est, euclidean_view(X, self.metric))
 
 
-class CumlPCA(Reducer):
-    def __init__(self, n_components: int = 2, *, random_state: int | None = None):
-        self.n_components = n_components
-        self.random_state = random_state
-
+class CumlPCA(PCAParams):
     def _fit(self, X, knn):
         _, cuml = _import()
         Y = _run(cuml.PCA(n_components=min(self.n_components, X.shape[1])), X)
-        if Y.shape[1] < self.n_components:
-            Y = np.hstack([Y, np.zeros((Y.shape[0], self.n_components - Y.shape[1]), np.float32)])
-        return Y
+        return pad_columns(Y, self.n_components)
 
 
 ENGINE = {"umap": CumlUMAP, "tsne": CumlTSNE, "pca": CumlPCA}

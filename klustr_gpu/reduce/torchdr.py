@@ -10,8 +10,7 @@ import warnings
 
 import numpy as np
 
-from .base import Reducer
-from .gpu_common import euclidean_view
+from .gpu_common import PCAParams, TSNEParams, UMAPParams, euclidean_view, pad_columns
 
 
 def _import_torchdr():
@@ -36,16 +35,7 @@ def _numpy(Y) -> np.ndarray:
     return np.asarray(Y, dtype=np.float32)
 
 
-class TorchdrUMAP(Reducer):
-    def __init__(self, n_components: int = 2, *, n_neighbors: int = 15, min_dist: float = 0.1,
-                 metric: str = "euclidean", n_epochs: int | None = None, random_state: int | None = None):
-        self.n_components = n_components
-        self.n_neighbors = n_neighbors
-        self.min_dist = min_dist
-        self.metric = metric
-        self.n_epochs = n_epochs
-        self.random_state = random_state
-
+class TorchdrUMAP(UMAPParams):
     def _fit(self, X, knn):
         torchdr = _import_torchdr()
         nn = min(int(self.n_neighbors), X.shape[0] - 1)
@@ -55,15 +45,7 @@ class TorchdrUMAP(Reducer):
         return _numpy(model.fit_transform(euclidean_view(X, self.metric)))
 
 
-class TorchdrTSNE(Reducer):
-    def __init__(self, n_components: int = 2, *, perplexity: float = 30.0, n_iter: int = 1000,
-                 metric: str = "euclidean", random_state: int | None = None):
-        self.n_components = n_components
-        self.perplexity = perplexity
-        self.n_iter = n_iter
-        self.metric = metric
-        self.random_state = random_state
-
+class TorchdrTSNE(TSNEParams):
     def _fit(self, X, knn):
         torchdr = _import_torchdr()
         perplexity = min(float(self.perplexity), (X.shape[0] - 1) / 3.0)
@@ -74,19 +56,13 @@ class TorchdrTSNE(Reducer):
         return _numpy(model.fit_transform(euclidean_view(X, self.metric)))
 
 
-class TorchdrPCA(Reducer):
-    def __init__(self, n_components: int = 2, *, random_state: int | None = None):
-        self.n_components = n_components
-        self.random_state = random_state
-
+class TorchdrPCA(PCAParams):
     def _fit(self, X, knn):
         torchdr = _import_torchdr()
         self.model_ = torchdr.PCA(n_components=min(self.n_components, X.shape[1]), device=_device(),
                                   random_state=self.random_state)
         Y = _numpy(self.model_.fit_transform(X))
-        if Y.shape[1] < self.n_components:
-            Y = np.hstack([Y, np.zeros((Y.shape[0], self.n_components - Y.shape[1]), np.float32)])
-        return Y
+        return pad_columns(Y, self.n_components)
 
 
 ENGINE = {"umap": TorchdrUMAP, "tsne": TorchdrTSNE, "pca": TorchdrPCA}
