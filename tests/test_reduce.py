@@ -156,6 +156,11 @@ def test_make_reducer_follows_the_estimator_contract():
     params = r.get_params()
     r.fit(np.random.default_rng(0).normal(size=(30, 3)))
     assert r.get_params() == params and r.embedding_.shape == (30, 2)
+    from sklearn.base import clone
+    from klustr_gpu.reduce import cuml as cuml_engine
+    for est in (r, cuml_engine.CumlTSNE(perplexity=5, random_state=3)):   # scikit-learn's clone
+        twin = clone(est)
+        assert type(twin) is type(est) and twin.get_params() == est.get_params()
     with pytest.raises(UsageError, match="perplexity"):
         make_reducer("umap", "cpu", perplexity=30)
     with pytest.raises(UsageError, match="unknown method"):

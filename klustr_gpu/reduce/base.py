@@ -57,7 +57,9 @@ class Reducer:
     random_state = None
     metric = "euclidean"
 
-    def get_params(self) -> dict:
+    def get_params(self, deep: bool = True) -> dict:
+        """The constructor's arguments (``deep`` is accepted for scikit-learn's ``clone``;
+        reducers hold no nested estimators)."""
         return {k: v for k, v in vars(self).items() if not k.endswith("_") and not k.startswith("_")}
 
     def __repr__(self) -> str:
