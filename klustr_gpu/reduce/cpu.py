@@ -97,7 +97,9 @@ SPECTRAL_INIT_MAX = 50_000
 class UMAPLearn(Reducer):
     """UMAP with umap-learn on a precomputed k-NN graph, with numba's disk cache switched on.
     ``n_epochs=None`` uses 200 (umap-learn uses 500 below 10,000 points); a set
-    ``random_state`` makes it deterministic (and single-threaded, umap-learn's rule).
+    ``random_state`` makes it deterministic: umap-learn then runs single-threaded, so its layout
+    optimisation is replaced by :mod:`._umap_layout`'s, which is parallel and deterministic
+    (the same map for a seed whatever the number of cores).
     ``init="auto"``: the spectral layout up to ``SPECTRAL_INIT_MAX`` points, PCA above."""
 
     def __init__(self, n_components: int = 2, *, n_neighbors: int = 15, min_dist: float = 0.1,
@@ -135,7 +137,14 @@ class UMAPLearn(Reducer):
             warnings.filterwarnings("ignore", category=UserWarning, module=r"umap(\.|$)")
             warnings.filterwarnings("ignore", message=r".*(precomputed_knn|n_jobs value|disconnected|"
                                     r"spectral initiali[sz]ation|Cannot cache compiled function).*")
-            Y = model.fit_transform(X)
+            if self.random_state is None:      # umap-learn's own parallel (racy) optimiser
+                Y = model.fit_transform(X)
+            else:                              # seeded: parallel and still deterministic
+                from ._umap_layout import MIN_PARALLEL_POINTS, PARTITIONS, deterministic_parallel_layout
+
+                parts = PARTITIONS if n >= MIN_PARALLEL_POINTS else 1
+                with deterministic_parallel_layout(parts, threads=n_jobs(self.n_jobs)):
+                    Y = model.fit_transform(X)
         self.graph_ = model.graph_
         return Y
 
