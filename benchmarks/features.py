@@ -199,7 +199,7 @@ def main(argv=None) -> int:
                 lib = DEMO_CACHE / f"demo{args.n_demo}"
                 labels = lib / "labels.csv"
                 if not labels.exists():          # generated once, kept between runs (not timed)
-                    demo_corpus(lib, n=args.n_demo, seed=7, workers=2, progress=False)
+                    demo_corpus(lib, n=args.n_demo, seed=0, workers=2, progress=False)
                 results["corpora"][f"demo{args.n_demo}"] = bench_corpus(f"demo{args.n_demo}", lib, labels, args, work)
             print(f"done: {name}", file=sys.stderr)
     results["machine"]["load_avg_end"] = os.getloadavg()

@@ -41,7 +41,7 @@ def _worker(case: str, project: str, out: str) -> None:
 
     if case.startswith("klustr_"):
         from klustr_gpu.reduce import embed
-        df = embed(project, method=case.split("_")[1], name="bench", progress=False)
+        df = embed(project, method=case.split("_")[1], features="mfcc", name="bench", progress=False)
         Y = df[["x", "y"]].to_numpy(np.float32)
     else:
         from klustr_gpu.features import load

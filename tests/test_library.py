@@ -205,6 +205,29 @@ def test_demo_corpus_extends_and_resumes_without_rewriting(tmp_path):
     assert sum(1 for _ in lib.rglob("*_*.*")) == 16                      # and nothing stray
 
 
+def test_demo_corpus_with_another_seed_in_the_same_directory_is_refused(tmp_path, capsys):
+    """A second seed in the same folder would keep the first seed's files that share a name and
+    leave the rest beside the new corpus (a benchmark once scanned 16,676 files of a '10,000'
+    corpus that way): one clear error instead, and nothing written."""
+    from klustr_gpu.cli import main
+    from klustr_gpu.library.democorpus import long_recordings
+
+    lib = tmp_path / "lib"
+    demo_corpus(lib, n=6, seed=1, progress=False, workers=1)
+    before = sorted(p.name for p in lib.rglob("*") if p.is_file())
+    with pytest.raises(UsageError, match=r"seed 1 \(now 2\)"):
+        demo_corpus(lib, n=6, seed=2, progress=False, workers=1)
+    assert main(["demo-corpus", str(lib), "--n", "8", "--seed", "2", "-q"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "use a new directory" in err
+    assert sorted(p.name for p in lib.rglob("*") if p.is_file()) == before
+    demo_corpus(lib, n=8, seed=1, progress=False, workers=1)           # the same seed extends it
+    assert len(pd.read_csv(lib / "labels.csv")) == 8
+    long_recordings(tmp_path / "long", hours=0.001, files=1, progress=False)
+    with pytest.raises(UsageError, match="files 1 \\(now 2\\)"):
+        long_recordings(tmp_path / "long", hours=0.001, files=2, progress=False)
+
+
 def test_long_recordings_for_frame_mode(tmp_path):
     from klustr_gpu.library.democorpus import long_recordings
 

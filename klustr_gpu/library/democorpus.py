@@ -14,6 +14,7 @@ drifting noise floor) for frame mode: tens of hours, millions of frames, streame
 from __future__ import annotations
 
 import csv
+import json
 import os
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -25,6 +26,7 @@ import soundfile as sf
 from scipy import signal
 from tqdm.auto import tqdm
 
+from ..errors import UsageError
 from ..store import atomic_path
 
 CLASSES = ("kick", "snare", "clap", "hihat", "tom", "ride", "crash")
@@ -125,6 +127,30 @@ def synth(kind: str, sr: int, rng: np.random.Generator) -> np.ndarray:
     return x * u(0.2, 0.98)
 
 
+#: What a directory's generated files were made with; a run with other settings would keep
+#: the old files that share a name and leave the others lying next to the new ones.
+MARKER = ".klustr-demo-corpus.json"
+
+
+def _claim(root: Path, kind: str, settings: dict) -> None:
+    """Record ``settings`` for ``kind`` in ``root``'s marker, or refuse when the directory
+    already holds that kind of corpus made with other settings."""
+    marker = root / MARKER
+    try:
+        held = json.loads(marker.read_text(encoding="utf-8")) if marker.is_file() else {}
+    except (OSError, ValueError):
+        held = {}
+    old = held.get(kind)
+    if old is not None and old != settings:
+        differ = ", ".join(f"{k} {old.get(k)!r} (now {v!r})" for k, v in settings.items() if old.get(k) != v)
+        raise UsageError(f"{root} already holds {kind} made with other settings: {differ}; "
+                         "use a new directory, or the same settings to extend it")
+    if old is None:
+        held[kind] = settings
+        with atomic_path(marker, ".json") as tmp:
+            tmp.write_text(json.dumps(held, indent=1), encoding="utf-8")
+
+
 def _write_one(args: tuple[str, int, int, str]) -> tuple[str, str]:
     root, i, seed, kind = args
     rng = np.random.default_rng(seed)
@@ -166,10 +192,12 @@ def demo_corpus(
     Streams: memory stays bounded for any ``n`` (100,000+ files), and labels.csv is written as
     files finish. File ``i`` depends only on ``(seed, i)``, so a larger corpus extends a smaller
     one, and a rerun (after an interruption, or with a larger ``n``) keeps the files that exist.
-    Returns the path of labels.csv.
+    A directory remembers its seed (``.klustr-demo-corpus.json``): another seed there is a
+    :class:`UsageError`, since it would keep the old seed's files. Returns the path of labels.csv.
     """
     root = Path(directory).expanduser()
     root.mkdir(parents=True, exist_ok=True)
+    _claim(root, "one-shots", {"seed": int(seed)})
     jobs = ((str(root), i, seed * 1_000_003 + i, CLASSES[i % len(CLASSES)]) for i in range(n))
     workers = workers or min(4, os.cpu_count() or 1)
     labels = root / "labels.csv"
@@ -235,13 +263,15 @@ def long_recordings(
     quiet noise floor that drifts in colour and level.
 
     Written block by block (one minute at a time), one file per worker process, so memory stays
-    small for tens of hours. An existing file of the right length is kept. Returns the paths.
+    small for tens of hours. An existing file of the right length is kept; another seed, file
+    count, rate or sample rate in the same directory is a :class:`UsageError`. Returns the paths.
     """
     root = Path(directory).expanduser()
     root.mkdir(parents=True, exist_ok=True)
     total = int(round(hours * 3600 * sr))
     if files < 1 or total < files:
         raise ValueError("long_recordings: need files >= 1 and at least one sample per file")
+    _claim(root, "long recordings", {"seed": int(seed), "files": int(files), "sr": int(sr), "rate": float(rate)})
     per = [total // files + (1 if k < total % files else 0) for k in range(files)]
     jobs = [(str(root / f"session_{k:03d}.wav"), length, sr, seed, k, rate) for k, length in enumerate(per)]
     workers = workers or min(4, os.cpu_count() or 1, files)
