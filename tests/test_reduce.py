@@ -1,6 +1,8 @@
 """Reduction: preprocessing, neighbour graphs, engines, t-SNE / UMAP quality, bad input."""
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 from sklearn.datasets import load_digits
@@ -281,3 +283,31 @@ def test_gpu_knn_graph_matches_cpu_and_auto_takes_a_gpu_engine(digits_pre):
     for method in ("umap", "tsne"):
         Y = fit_embedding(Xp, method, engine=engine, seed=0)
         assert knn_accuracy(Y, y) > 0.85, (engine, method)
+
+
+def test_threads_follow_the_cores_busy_now_not_the_lagging_load_average(monkeypatch):
+    """n_jobs(0) leaves out the cores other processes keep busy at this moment: a CPU-bound
+    child is seen while it runs, and finished work does not count (the 1-minute load average
+    still counted a finished features stage as 2-3 busy cores, so embed ran on one thread)."""
+    import subprocess
+    import sys
+    import time
+
+    from klustr_gpu.reduce import base
+
+    cores = len(os.sched_getaffinity(0))
+    monkeypatch.setattr(base, "busy_elsewhere", lambda: 0)
+    assert base.n_jobs(0) == cores and base.n_jobs(3) == 3
+    monkeypatch.setattr(base, "busy_elsewhere", lambda: cores + 4)
+    assert base.n_jobs(0) == 1
+    monkeypatch.undo()
+    before = base.busy_elsewhere()
+    spin = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.5)
+        assert base.busy_elsewhere() >= 1
+    finally:
+        spin.kill()
+        spin.wait()
+    time.sleep(0.2)
+    assert base.busy_elsewhere() <= max(before, 1)     # gone at once (a load average would lag)

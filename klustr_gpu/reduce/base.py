@@ -14,22 +14,42 @@ log = logging.getLogger(__name__)
 MIN_POINTS = 5   # below this t-SNE / UMAP are meaningless: a handled case (see _tiny_layout)
 
 
+def busy_elsewhere(samples: int = 5, gap: float = 0.01) -> int:
+    """Cores that other work keeps busy *now*: the fewest runnable tasks ``/proc/loadavg``
+    reports over ``samples`` readings ``gap`` seconds apart, less the reading thread itself.
+
+    Not the 1-minute load average: it lags, so right after ``klustr features`` (or any stage of
+    ``klustr map``) our own finished work still reads as 2-3 busy cores and the next stage would
+    run on one thread. Where ``/proc/loadavg`` is missing (not Linux), the load average it is."""
+    import time
+
+    try:
+        seen = []
+        for i in range(max(1, samples)):
+            with open("/proc/loadavg", encoding="ascii") as fh:
+                seen.append(int(fh.read().split()[3].split("/")[0]) - 1)
+            if i + 1 < samples:
+                time.sleep(gap)
+        return max(0, min(seen))
+    except (OSError, ValueError, IndexError):
+        try:
+            return max(0, int(os.getloadavg()[0]) - 1)
+        except OSError:  # pragma: no cover
+            return 0
+
+
 def n_jobs(value: int) -> int:
     """Threads for a reducer: ``value`` if positive; else the idle cores of this machine (the
-    cores this process may use minus the 1-minute load average, at least 1). Busy-waiting
-    OpenMP threads on cores that other processes hold slow t-SNE down several-fold, and the
-    results do not depend on the thread count."""
+    cores this process may use minus those other work keeps busy now, :func:`busy_elsewhere`;
+    at least 1). Busy-waiting OpenMP threads on cores that other processes hold slow t-SNE down
+    several-fold, and the results do not depend on the thread count."""
     if value and value > 0:
         return int(value)
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not Linux
         cores = os.cpu_count() or 1
-    try:
-        busy = int(os.getloadavg()[0])
-    except OSError:  # pragma: no cover
-        busy = 0
-    return max(1, min(cores, cores - busy + 1))
+    return max(1, min(cores, cores - busy_elsewhere()))
 
 
 def tiny_layout(X: np.ndarray, n_components: int = 2) -> np.ndarray:

@@ -125,7 +125,6 @@ def _annoy_index(X: np.ndarray, metric: str, seed: int, n_trees: int | None = No
     from openTSNE.dependencies.annoy import AnnoyIndex
 
     n_trees = annoy_trees(X.shape[0]) if n_trees is None else n_trees
-
     index = AnnoyIndex(X.shape[1], metric)
     index.set_seed(int(seed) % (2 ** 31 - 1))
     for i in range(X.shape[0]):
