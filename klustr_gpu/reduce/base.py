@@ -14,7 +14,7 @@ log = logging.getLogger(__name__)
 MIN_POINTS = 5   # below this t-SNE / UMAP are meaningless: a handled case (see _tiny_layout)
 
 
-def busy_elsewhere(samples: int = 5, gap: float = 0.01) -> int:
+def busy_elsewhere(samples: int = 3, gap: float = 0.005) -> int:
     """Cores that other work keeps busy *now*: the fewest runnable tasks ``/proc/loadavg``
     reports over ``samples`` readings ``gap`` seconds apart, less the reading thread itself.
 
