@@ -13,6 +13,11 @@ Measured by one piece of code (klustr_gpu.score.metrics) in one run:
 * **numpy reference** (``--no-reference`` skips it): the same default grid on the librosa recipe
   the ``timbre`` set implements (:func:`segment_mfcc`), with what the torch set leaves out: decay
   times from up to 4 s of the file rather than the clip, and the file's log duration.
+* **what the labels allow** (``--no-ceiling`` skips it): supervised classifiers *trained on the
+  labels* (an RBF SVM with C and gamma tuned by an inner 3-fold search, and extra trees), 5-fold
+  stratified cross-validated accuracy on each feature set, beside its 10-NN accuracy in feature
+  space and its best map's (:func:`label_ceiling`): how much of the labels the features hold at
+  all, so a map's score can be read against it.
 
 Writes ``benchmarks/out/quality.json`` and ``benchmarks/out/quality.md`` and prints the table::
 
@@ -158,6 +163,46 @@ def decay_times(clips: np.ndarray, durations: np.ndarray, *, sr: int = 22050, ho
     return np.stack(cols, axis=1)
 
 
+# -- what the labels allow ---------------------------------------------------------------------------
+def label_ceiling(X: np.ndarray, labels, *, seed: int = 0) -> dict[str, float]:
+    """5-fold stratified cross-validated accuracy of classifiers trained on ``labels``, and the
+    leave-one-out 10-NN accuracy of the standardised features, on the same rows.
+
+    The folds share kits (the kits' velocity layers fall on both sides), so these are upper
+    figures for what a classifier learns from the features, not what it would do on a new kit.
+    """
+    from sklearn.ensemble import ExtraTreesClassifier
+    from sklearn.model_selection import GridSearchCV, StratifiedKFold, cross_val_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.svm import SVC
+
+    X = np.asarray(X, dtype=np.float64)
+    X = X[:, X.std(axis=0) > 1e-12]
+    y = np.asarray(labels).astype(str)
+    cv = StratifiedKFold(5, shuffle=True, random_state=seed)
+    models = {
+        "svm_rbf": GridSearchCV(make_pipeline(StandardScaler(), SVC()),
+                                {"svc__C": [1, 10, 100], "svc__gamma": ["scale", 0.003, 0.01]}, cv=3),
+        "extra_trees": ExtraTreesClassifier(500, random_state=seed, n_jobs=-1),
+    }
+    out = {name: float(cross_val_score(m, X, y, cv=cv).mean()) for name, m in models.items()}
+    out["knn10_features"] = float(M.knn_accuracy(M.standardize(X), y))
+    return out
+
+
+def ceiling_markdown(rows: list[dict]) -> str:
+    head = ["features", "dim", "RBF SVM (trained)", "extra trees (trained)",
+            "10-NN in feature space", "best map 10-NN"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        best = r.get("best_map")
+        lines.append(f"| {r['features']} | {r['dim']} | {r['svm_rbf']:.3f} | {r['extra_trees']:.3f} | "
+                     f"{r['knn10_features']:.3f} | "
+                     f"{'n/a' if best is None else f'{best:.3f}'} |")
+    return "\n".join(lines)
+
+
 # -- the benchmark -----------------------------------------------------------------------------------
 def project_for(library: Path, project: Path, sets: list[str]) -> Path:
     from klustr_gpu.features import extract
@@ -207,6 +252,7 @@ def main(argv=None) -> int:
     ap.add_argument("--features", default=",".join(Config().features.sets),
                     help="feature sets for the project grid (default: the default config's, timbre)")
     ap.add_argument("--no-reference", action="store_true", help="skip the numpy reference grid")
+    ap.add_argument("--no-ceiling", action="store_true", help="skip the supervised classifiers (what the labels allow)")
     ap.add_argument("--quick", action="store_true", help="quick grids (a smoke test, not the benchmark)")
     args = ap.parse_args(argv)
     if not (args.library / "labels.csv").exists():
@@ -216,6 +262,7 @@ def main(argv=None) -> int:
     labels_df = pd.read_csv(args.library / "labels.csv")
     paths, labels = list(labels_df["path"]), labels_df["label"].to_numpy(dtype=object)
     rows: list[dict] = []
+    matrices: list[tuple[str, np.ndarray, np.ndarray, float]] = []    # (features, X, labels, best map 10-NN)
 
     # 2017
     clips48, _ = load_clips(args.library, paths, 48000, 0.25)
@@ -224,10 +271,14 @@ def main(argv=None) -> int:
         for method, (Z, secs) in maps_2017(X).items():
             rows.append(_row("2017", fname, method, Z, X, labels, secs, acc))
             print(f"2017 {fname} {method}: 10-NN {rows[-1]['knn_accuracy']:.3f}", file=sys.stderr)
+        matrices.append((fname, X, labels, max(r["knn_accuracy"] for r in rows if r["features"] == fname)))
 
     # klustr grid on the project's features
     sets = [s for s in args.features.split(",") if s]
     proj = project_for(args.library, args.project, sets)
+    # time a whole grid: maps an earlier run left would be reused (the grid resumes a killed run)
+    for old in (proj / "embeddings").glob("grid-*.parquet"):
+        old.unlink()
     t = time.perf_counter()
     table = grid(proj, features=sets, quick=args.quick, progress=False)
     grid_seconds = time.perf_counter() - t
@@ -238,6 +289,7 @@ def main(argv=None) -> int:
                       table, grid_seconds, facc))
     print(f"klustr grid: {len(table)} maps in {grid_seconds:.1f} s; best 10-NN {table.iloc[0]['knn_accuracy']:.3f}",
           file=sys.stderr)
+    matrices.append((f"{best_fs} (klustr)", *_project_matrix(proj, best_fs), float(table.iloc[0]["knn_accuracy"])))
 
     # the numpy/librosa reference of the timbre set, with 4 s decays and the file's duration
     if not args.no_reference:
@@ -253,6 +305,14 @@ def main(argv=None) -> int:
         rows[-1]["feature_seconds"] = feat_seconds
         print(f"numpy reference: {len(ptable)} maps in {psecs:.1f} s; best 10-NN {ptable.iloc[0]['knn_accuracy']:.3f}",
               file=sys.stderr)
+        matrices.append(("segment MFCC + 4 s decay + duration (librosa)", X, labels, float(ptable.iloc[0]["knn_accuracy"])))
+
+    ceiling: list[dict] = []
+    if not args.no_ceiling:
+        t = time.perf_counter()
+        for fname, X, lab, best in matrices:
+            ceiling.append({"features": fname, "dim": int(X.shape[1]), **label_ceiling(X, lab), "best_map": best})
+        print(f"what the labels allow: {len(ceiling)} feature sets in {time.perf_counter() - t:.1f} s", file=sys.stderr)
 
     r2017 = max((r for r in rows if r["system"] == "2017"), key=lambda r: r["knn_accuracy"])
     ours = [r for r in rows if r["system"] != "2017"]
@@ -267,13 +327,27 @@ def main(argv=None) -> int:
                       f"{r.get('runs', 0)} maps in {r['seconds']:.0f} s "
                       f"({'under' if r['seconds'] < 600 else 'OVER'} 10 minutes)")
     summary = {"n_files": len(paths), "classes": sorted(set(labels)), "grid_seconds": grid_seconds,
-               "best_2017": r2017, "checks": checks, "rows": rows,
+               "best_2017": r2017, "checks": checks, "rows": rows, "ceiling": ceiling,
                "command": "python benchmarks/quality.py " + " ".join(argv if argv is not None else sys.argv[1:])}
     md = markdown(rows) + "\n\n" + "\n".join(checks)
+    if ceiling:
+        md += ("\n\nWhat the labels allow (5-fold stratified CV accuracy of classifiers trained on the labels, "
+               "beside the unsupervised 10-NN accuracies):\n\n" + ceiling_markdown(ceiling))
     (OUT / "quality.json").write_text(json.dumps(M_clean(summary), indent=2) + "\n")
     (OUT / "quality.md").write_text(md + "\n")
     print(md)
     return 0
+
+
+def _project_matrix(proj: Path, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """The project's feature rows of set ``name`` and their labels (unlabelled rows dropped)."""
+    from klustr_gpu.features import load
+
+    table = load(proj, name)
+    df = pd.read_parquet(proj / "manifest.parquet", columns=["id", "label"]).set_index("id")
+    lab = df["label"].reindex(table.file_ids).to_numpy(dtype=object)
+    keep = pd.notna(lab) & (lab != "")
+    return table.X[keep], lab[keep]
 
 
 def M_clean(obj):
