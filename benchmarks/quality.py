@@ -342,11 +342,13 @@ def main(argv=None) -> int:
 def _project_matrix(proj: Path, name: str) -> tuple[np.ndarray, np.ndarray]:
     """The project's feature rows of set ``name`` and their labels (unlabelled rows dropped)."""
     from klustr_gpu.features import load
+    from klustr_gpu.score.scoring import manifest_labels
+    from klustr_gpu.store import Project
 
     table = load(proj, name)
-    df = pd.read_parquet(proj / "manifest.parquet", columns=["id", "label"]).set_index("id")
-    lab = df["label"].reindex(table.file_ids).to_numpy(dtype=object)
-    keep = pd.notna(lab) & (lab != "")
+    by_file = manifest_labels(Project(proj))
+    lab = np.array([by_file.get(f) for f in table.file_ids], dtype=object)
+    keep = np.array([v is not None for v in lab], dtype=bool)
     return table.X[keep], lab[keep]
 
 
