@@ -26,7 +26,7 @@ examples:
   klustr embed proj --method tsne --perplexity 50
   klustr grid proj && klustr render proj && klustr serve proj
 
-Every command reads and writes the project folder (see README: 'The project folder')."""
+Every command reads and writes the project folder (see docs/project-folder.md)."""
 
 
 def _csv_list(choices: Sequence[str]):

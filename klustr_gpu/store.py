@@ -1,6 +1,6 @@
 """The project folder: atomic, resumable reads and writes.
 
-Layout (see README)::
+Layout (see docs/project-folder.md)::
 
     PROJECT/
       klustr.toml                 every parameter of the run
