@@ -117,6 +117,6 @@ def make_app(project, *, embedding: str | None = None):
 def serve(project, *, port: int = 5006, host: str = "127.0.0.1", embedding: str | None = None,
           show: bool = False) -> None:
     """Serve the app at ``http://HOST:PORT/`` with the ``/audio/<id>`` route; blocks until stopped."""
-    from .app import serve as _serve
+    from .server import serve as _serve
 
     _serve(_project(project), port=port, host=host, embedding=embedding, show=show)

@@ -18,15 +18,14 @@ from ..store import Project
 from .data import MapData, load_map
 from .export import copy_selection, selection_csv, selection_m3u
 from .views import rgb_element, style
-from .security import AudioHandler, AudioIndex, audio_url, esc, is_loopback
-from .tiles import tile_route
+from .security import AudioIndex, audio_url, esc
 
 log = logging.getLogger(__name__)
 
 SIDE_WIDTH = 360
 
 
-def _pn():
+def pn_modules():
     import holoviews as hv
     import holoviews.plotting.bokeh  # noqa: F401  (registers the bokeh renderer)
     import panel as pn
@@ -40,7 +39,7 @@ class MapApp:
 
     def __init__(self, data: MapData, index: AudioIndex, *, project: Project | None = None,
                  neighbours: int = 10, export_root: Path | None = None):
-        hv, pn = _pn()
+        hv, pn = pn_modules()
         self.data, self.index, self.project = data, index, project
         self.k = int(neighbours)
         self.export_root = export_root            # None: any folder (local use)
@@ -313,35 +312,3 @@ class MapApp:
             f'margin-right:6px"></span>{esc(k)} ({counts.get(k, 0):,})</li>'
             for k, c in self.data.color_key.items())
         return f'<h4>{esc(self.data.by)}</h4><ul class="klustr-legend" style="list-style:none;padding:0">{rows}</ul>'
-
-
-def audio_route(index: AudioIndex) -> tuple:
-    """The tornado route of the audio handler, for ``extra_patterns``."""
-    return (r"/audio/([^/]*)", AudioHandler, {"index": index})
-
-
-def serve(project: Project, *, port: int = 5006, host: str = "127.0.0.1", embedding: str | None = None,
-          show: bool = False) -> None:
-    """Serve the app (plus ``/audio/<id>`` and ``/tile.png``); one :class:`MapApp` per session
-    over shared data. Blocks."""
-    _, pn = _pn()
-    cfg = project.load_config().render
-    data = load_map(project, embedding=embedding, by=cfg.by)
-    index = AudioIndex.from_project(project)
-    local = is_loopback(host)
-    if local:
-        origins = sorted({f"{h}:{port}" for h in (host, "localhost", "127.0.0.1")})
-    elif host in ("0.0.0.0", "::", ""):
-        log.warning("serve: listening on all interfaces (%s); anyone on the network can open the map", host)
-        origins = ["*"]
-    else:
-        origins = [f"{host}:{port}"]
-    export_root = None if local else project.path / "exports"
-
-    def session():
-        return MapApp(data, index, project=project, neighbours=cfg.neighbours, export_root=export_root).layout
-
-    rgb_element(data.points.iloc[:1000], data, width=64, height=64)   # compile datashader's kernels now
-    log.info("serve: %d points, %d audio files at http://%s:%d/", data.n, len(index), host, port)
-    pn.serve(session, port=port, address=host, websocket_origin=origins, show=show, title="klustr_gpu map",
-             extra_patterns=[audio_route(index), tile_route(data)], verbose=True)
