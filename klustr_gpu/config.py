@@ -36,7 +36,7 @@ from .errors import UsageError
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".aiff", ".aif", ".ogg", ".mp3")
 FFMPEG_EXTENSIONS = (".m4a", ".aac", ".opus", ".wma", ".mp4", ".webm")
-FEATURE_SETS = ("stft", "mfcc", "mir", "mel", "timbre")
+FEATURE_SETS = ("stft", "mfcc", "mir", "mel", "timbre", "descriptors", "pitchfree", "envelope", "general")
 METHODS = ("umap", "tsne", "pca")
 ENGINES = ("auto", "cuml", "torchdr", "cpu")
 DEVICES = ("auto", "cpu", "cuda")
@@ -47,7 +47,7 @@ class AudioConfig:
     """How a file becomes a clip: ``(samples,)`` float32 at ``sample_rate``."""
 
     sample_rate: int = 22050
-    clip_seconds: float = 0.5
+    clip_seconds: float = 1.0
     normalize: bool = True          # peak-normalise each clip to 1.0
     silence_threshold: float = 1e-5  # peak below this = all-silent -> skipped
     max_channels: int = 8            # more channels than this -> skipped
@@ -64,7 +64,7 @@ class ScanConfig:
 
 @dataclass
 class FeatureConfig:
-    sets: list[str] = field(default_factory=lambda: ["timbre"])
+    sets: list[str] = field(default_factory=lambda: ["general"])
     device: str = "auto"
     batch_size: int = 256
     workers: int = 0                 # 0 = choose from the CPU count
@@ -123,10 +123,89 @@ class TimbreConfig:
     decay_hop: int = 256
 
 
+SEGMENTS = [0.0, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0]   # seconds from the clip's start, cut at its length
+
+
+@dataclass
+class DescriptorsConfig:
+    """Eight log-scale per-frame descriptors over onset segments (:class:`~klustr_gpu.features.transforms.Descriptors`)."""
+
+    n_fft: int = 1024
+    hop_length: int = 256
+    segments: list[float] = field(default_factory=lambda: list(SEGMENTS))
+    floor_db: float = 80.0           # level: dB below the clip's loudest frame, floored here
+
+
+@dataclass
+class PitchFreeConfig:
+    """The spectrum's shape with the pitch factored out (:class:`~klustr_gpu.features.transforms.PitchFree`)."""
+
+    n_fft: int = 2048
+    hop_length: int = 512
+    bins_per_octave: int = 24
+    fmin: float = 40.0
+    fmax: float = 10000.0
+    n_coeffs: int = 48
+    floor_db: float = 60.0
+
+
+@dataclass
+class EnvelopeConfig:
+    """The loudness envelope (:class:`~klustr_gpu.features.transforms.Envelope`)."""
+
+    frame: int = 1024
+    hop: int = 256
+    points: int = 12                 # envelope values at geometrically spaced frames
+    floor_db: float = 60.0
+    decay_drops: list[float] = field(default_factory=lambda: [10.0, 20.0, 40.0, 60.0])
+
+
+#: The blocks of the ``general`` set by profile (see :class:`GeneralConfig`).
+PROFILES = {
+    "hits": ["timbre", "descriptors"],                       # drums, percussion, one-shot effects
+    "sustained": ["descriptors", "pitchfree", "envelope"],   # notes of instruments, pads, drones
+    "mixed": ["mfcc", "descriptors", "pitchfree", "envelope"],
+}
+GENERAL_PROFILES = ("auto", *PROFILES, "custom")
+
+
+@dataclass
+class GeneralConfig:
+    """The ``general`` set (the default): blocks side by side, chosen by ``profile``.
+
+    ``auto`` (default): the features stage samples the library and decides ``hits`` or
+    ``sustained`` by a label-free rule (:mod:`klustr_gpu.features.auto`), written to ``decided``
+    (and its reason to ``Config.decisions``) before any feature is computed; ``mixed`` when it
+    cannot decide. ``hits``, ``sustained``, ``mixed``: that profile's blocks
+    (:data:`PROFILES`). ``custom``: ``blocks``. Block settings: ``timbre`` from the
+    ``[timbre]`` section, ``descriptors``/``pitchfree``/``envelope`` from theirs, ``mfcc`` (segment
+    MFCCs over the whole clip) from the keys below.
+    """
+
+    profile: str = "auto"
+    decided: str = ""                # written by the features stage when profile = "auto"
+    blocks: list[str] = field(default_factory=lambda: list(PROFILES["mixed"]))   # profile = "custom"
+    n_mfcc: int = 8
+    n_mels: int = 64
+    n_fft: int = 1024
+    hop_length: int = 256
+    floor_db: float = 60.0
+    segments: list[float] = field(default_factory=lambda: list(SEGMENTS))
+
+    def active_blocks(self) -> list[str]:
+        """The blocks the set computes: the profile's, the decided one's under ``auto`` (``mixed``
+        before anything was decided), or ``blocks`` under ``custom``."""
+        if self.profile == "custom":
+            return list(self.blocks)
+        if self.profile == "auto":
+            return list(PROFILES.get(self.decided, PROFILES["mixed"]))
+        return list(PROFILES[self.profile])
+
+
 @dataclass
 class ReduceConfig:
-    method: str = "umap"
-    features: str = "timbre"
+    method: str = "tsne"
+    features: str = "general"
     engine: str = "auto"
     standardize: bool = True
     pca_components: int = 32         # 0 = no PCA before t-SNE/UMAP
@@ -134,7 +213,7 @@ class ReduceConfig:
     n_neighbors: int = 15
     min_dist: float = 0.1
     metric: str = "euclidean"
-    perplexity: float = 30.0
+    perplexity: float = 15.0
     tsne_iterations: int = 500      # early exaggeration (a quarter, <= 250) included
     sample_threshold: int = 200_000  # above: fit on a sample, transform the rest
     sample_size: int = 100_000
@@ -180,9 +259,15 @@ class Config:
     mir: MIRConfig = field(default_factory=MIRConfig)
     mel: MelConfig = field(default_factory=MelConfig)
     timbre: TimbreConfig = field(default_factory=TimbreConfig)
+    descriptors: DescriptorsConfig = field(default_factory=DescriptorsConfig)
+    pitchfree: PitchFreeConfig = field(default_factory=PitchFreeConfig)
+    envelope: EnvelopeConfig = field(default_factory=EnvelopeConfig)
+    general: GeneralConfig = field(default_factory=GeneralConfig)
     reduce: ReduceConfig = field(default_factory=ReduceConfig)
     render: RenderConfig = field(default_factory=RenderConfig)
     score: ScoreConfig = field(default_factory=ScoreConfig)
+    #: what automatic rules decided and why, one line each (written by the stage that decided)
+    decisions: dict[str, str] = field(default_factory=dict)
 
     # -- construction -------------------------------------------------------------------
     @classmethod
@@ -227,6 +312,15 @@ class Config:
             raise UsageError("features.batch_size and features.shard_size must be >= 1")
         if self.features.window <= 0 or self.features.hop <= 0:
             raise UsageError("features.window and features.hop must be > 0 seconds")
+        g = self.general
+        if g.profile not in GENERAL_PROFILES:
+            raise UsageError(f"unknown general.profile {g.profile!r}; choose one of: {', '.join(GENERAL_PROFILES)}")
+        if g.decided not in ("", *PROFILES):
+            raise UsageError(f"general.decided must be empty or one of: {', '.join(PROFILES)}; got {g.decided!r}")
+        blocks = ("timbre", "mfcc", "descriptors", "pitchfree", "envelope")
+        bad = [b for b in g.blocks if b not in blocks]
+        if bad or not g.blocks:
+            raise UsageError(f"general.blocks: unknown or none ({', '.join(bad) or 'empty'}); choose from: {', '.join(blocks)}")
 
     # -- persistence ----------------------------------------------------------------------
     def to_toml(self) -> str:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import Config
+from .library.decode import reason_kind
 from .store import Project
 
 log = logging.getLogger(__name__)
@@ -68,6 +69,7 @@ def run_map(
         t = time.perf_counter()
         extract(proj, cfg, progress=progress)
         times["features"] = time.perf_counter() - t
+        cfg = proj.load_config()             # with what the features stage decided (features.auto)
 
         t = time.perf_counter()
         emb = embed(proj, cfg, progress=progress, cluster=cfg.features.cluster or None)
@@ -90,12 +92,13 @@ def summarize(project: Project, *, times: dict[str, float], outputs: dict[str, A
         "files": int(len(man)),
         "ok": int((man.status == "ok").sum()),
         "skipped": int(len(skipped)),
-        "skipped_by_reason": dict(Counter(skipped.reason).most_common()),
+        "skipped_by_reason": dict(Counter(reason_kind(r) for r in skipped.reason).most_common()),
         "labelled": int(man.label.notna().sum()),
         "points": int(n_points),
         "seconds": {k: round(v, 2) for k, v in times.items()},
         "map_png": str(outputs.get("png")) if outputs.get("png") else None,
         "map_html": str(outputs.get("html")) if outputs.get("html") else None,
+        "decisions": dict(project.load_config().decisions),
     }
 
 
@@ -103,6 +106,8 @@ def format_summary(s: dict[str, Any]) -> str:
     lines = [f"files: {s['files']}  ok: {s['ok']}  skipped: {s['skipped']}  labelled: {s['labelled']}  points: {s['points']}"]
     for reason, n in s["skipped_by_reason"].items():
         lines.append(f"  skipped {n:>6}  {reason}")
+    for what, why in (s.get("decisions") or {}).items():
+        lines.append(f"{what}: {why}")
     total = sum(s["seconds"].values())
     lines.append("time: " + "  ".join(f"{k} {v:.1f}s" for k, v in s["seconds"].items()) + f"  (total {total:.1f}s)")
     if s.get("map_png"):

@@ -9,7 +9,7 @@ import pandas as pd
 import soundfile as sf
 from PIL import Image
 
-from klustr_gpu import Project
+from klustr_gpu import Config, Project
 from klustr_gpu.pipeline import run_map
 
 
@@ -34,7 +34,7 @@ def test_map_command_on_demo_corpus(demo_library, tmp_path):
     assert len(np.unique(img.reshape(-1, 3), axis=0)) > 7          # seven class colours + background + legend
     emb, meta = Project(proj).read_embedding()
     assert len(emb) == 210 and emb.label.notna().all()
-    assert meta.get("method") == "umap"
+    assert meta.get("method") == Config().reduce.method
     # similar sounds land together: classes are groups on the map
     assert _knn_accuracy(emb) > 0.8
     toml = (proj / "klustr.toml").read_text()

@@ -3,7 +3,9 @@
 Feature sets (see :mod:`klustr_gpu.features.transforms` for exact definitions):
 ``stft`` (the 2017 32x32 STFT fingerprint), ``mfcc`` (stats or grid, optional deltas),
 ``mir`` (8 per-frame descriptors, stats or z-scored grid), ``mel`` (log-mel grid),
-``timbre`` (onset-segment MFCCs + decay times; the default set).
+``timbre`` (onset-segment MFCCs + decay times), ``descriptors``, ``pitchfree``, ``envelope``
+and ``general`` (the default: blocks of those chosen by a label-free rule, see
+:mod:`klustr_gpu.features.auto`).
 
 Public API::
 
@@ -19,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from ..config import Config
+from ..config import FEATURE_SETS, Config
 from ..errors import StoreError, UsageError
 from ..store import Project
 
@@ -91,7 +93,7 @@ def extract(project, config: Config | None = None, *, sets=None, device=None, ba
     cfg = cfg.updated(overrides) if overrides else cfg
     cfg.validate()
     if not cfg.features.sets:
-        raise UsageError("no feature set given; choose from: stft, mfcc, mir, mel, timbre")
+        raise UsageError(f"no feature set given; choose from: {', '.join(FEATURE_SETS)}")
     dev = resolve_device(cfg.features.device)
     spec = cfg.features.cluster if client is None else "client"
     if spec:
@@ -99,6 +101,9 @@ def extract(project, config: Config | None = None, *, sets=None, device=None, ba
 
         check_spec(spec if client is None else "local", bool(cfg.features.frames))
     with proj.lock("features"):
+        from .auto import resolve
+
+        cfg = resolve(proj, cfg)                                # the general set's profile (issue 14)
         proj.write_config(cfg)
         if spec:
             summary = _run_on_cluster(proj, cfg, dev, client, progress)
