@@ -29,10 +29,10 @@ examples:
 Every command reads and writes the project folder (see docs/project-folder.md)."""
 
 
-def _csv_list(choices: Sequence[str]):
+def _csv_list(choices: Sequence[str], combine: bool = False):
     def parse(text: str) -> list[str]:
         items = [t.strip() for t in text.split(",") if t.strip()]
-        bad = [t for t in items if t not in choices]
+        bad = [t for t in items if not all(p in choices for p in (t.split("+") if combine else [t]))]
         if bad or not items:
             raise argparse.ArgumentTypeError(f"unknown value(s) {', '.join(bad) or repr(text)}; choose from {', '.join(choices)}")
         return items
@@ -166,7 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("grid", help="a population of maps, scored and ranked -> report.md, grid.png", description=run_grid.__doc__)
     p.add_argument("project", metavar="PROJECT")
-    p.add_argument("--features", type=_csv_list(FEATURE_SETS), help="feature sets to try (default: those computed)")
+    p.add_argument("--features", type=_csv_list(FEATURE_SETS, combine=True),
+                   help="feature sets to try, a+b for two side by side (default: those computed)")
     p.add_argument("--methods", type=_csv_list(METHODS), help="methods to try (default umap,tsne,pca)")
     p.add_argument("--rank-by", choices=["knn_accuracy", "trustworthiness", "final"], default="knn_accuracy")
     p.add_argument("--engine", choices=ENGINES, default="auto")

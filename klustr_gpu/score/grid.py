@@ -4,6 +4,11 @@ For each feature set the features are preprocessed once per preprocessing (stand
 PCA to ``reduce.pca_components`` before UMAP, and before t-SNE when ``reduce.pca_before_tsne``),
 one neighbour graph with the largest k any run needs is computed once per preprocessing and
 sliced for every run (UMAP ``n_neighbors``, t-SNE ``3 x perplexity``). One progress bar runs over the whole grid.
+
+A feature set may be a combination of computed sets, ``"timbre+descriptors"``: their columns
+side by side (rows every part has), standardised together like one set. The plan always holds
+the default map's own parameters (``reduce.perplexity``; ``reduce.n_neighbors`` and
+``reduce.min_dist``), so the grid's best map is at least the default's.
 """
 from __future__ import annotations
 
@@ -19,7 +24,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from ..config import FEATURE_SETS, METHODS, Config, ScoreConfig
+from ..config import FEATURE_SETS, METHODS, Config, ReduceConfig, ScoreConfig
 from ..errors import KlustrError, UsageError
 from ..store import Project
 from .scoring import (as_project, assemble, write_scores, feature_block, finish, has_labels, load_feature_matrix, manifest_labels,
@@ -67,18 +72,24 @@ def _fmt(v: Any) -> str:
     return f"{v:g}" if isinstance(v, float) else str(v)
 
 
-def plan(features: list[str], methods: list[str], sc: ScoreConfig, *, quick: bool = False) -> list[Run]:
-    """The runs of the grid, in order (feature set, method, parameters)."""
-    perps = QUICK["perplexities"] if quick else sc.perplexities
-    nns = QUICK["n_neighbors"] if quick else sc.n_neighbors
-    mds = QUICK["min_dists"] if quick else sc.min_dists
+def plan(features: list[str], methods: list[str], sc: ScoreConfig, *, quick: bool = False,
+         default: ReduceConfig | None = None) -> list[Run]:
+    """The runs of the grid, in order (feature set, method, parameters); with ``default`` (the
+    config's reduction), its perplexity and its UMAP pair are added where missing."""
+    perps = [float(p) for p in (QUICK["perplexities"] if quick else sc.perplexities)]
+    pairs = [(int(nn), float(md)) for nn in (QUICK["n_neighbors"] if quick else sc.n_neighbors)
+             for md in (QUICK["min_dists"] if quick else sc.min_dists)]
+    if default is not None:
+        perps = sorted(set(perps) | {float(default.perplexity)})
+        if (int(default.n_neighbors), float(default.min_dist)) not in pairs:
+            pairs.append((int(default.n_neighbors), float(default.min_dist)))
     runs: list[Run] = []
     for fs in features:
         for method in methods:
             if method == "umap":
-                runs += [Run(fs, "umap", (("n_neighbors", int(nn)), ("min_dist", float(md)))) for nn in nns for md in mds]
+                runs += [Run(fs, "umap", (("n_neighbors", nn), ("min_dist", md))) for nn, md in pairs]
             elif method == "tsne":
-                runs += [Run(fs, "tsne", (("perplexity", float(p)),)) for p in perps]
+                runs += [Run(fs, "tsne", (("perplexity", p),)) for p in perps]
             elif method == "pca":
                 runs.append(Run(fs, "pca"))
     return runs
@@ -89,6 +100,56 @@ def _check(names: list[str], known: tuple[str, ...], what: str) -> list[str]:
         if n not in known:
             raise UsageError(f"unknown {what} {n!r}; choose from: {', '.join(known)}")
     return list(dict.fromkeys(names))
+
+
+def component_sets(name: str) -> list[str]:
+    """The computed sets a grid feature set is made of: ``"timbre+descriptors"`` ->
+    ``["timbre", "descriptors"]``; checked against ``FEATURE_SETS``."""
+    parts = [p.strip() for p in str(name).split("+")]
+    if not all(parts):
+        raise UsageError(f"feature set {name!r}: give sets joined by '+', e.g. timbre+descriptors")
+    return _check(parts, FEATURE_SETS, "feature set")
+
+
+def check_sets(names: list[str]) -> list[str]:
+    """Grid feature sets (single or ``a+b`` combinations), checked, duplicates dropped."""
+    out = []
+    for n in names:
+        out.append("+".join(component_sets(n)))
+    return list(dict.fromkeys(out))
+
+
+#: What the benchmark's grid covers besides the default set: the sets that describe hits
+#: (``timbre``), sustained and pitched sounds (``descriptors``, ``pitchfree``, ``envelope``), the
+#: 2017-style summaries (``mfcc``, ``mir``), and the combinations of a hit set with the others.
+COVERAGE = ("timbre", "mfcc", "mir", "descriptors", "timbre+descriptors",
+            "descriptors+pitchfree+envelope", "timbre+descriptors+pitchfree+envelope")
+
+
+def default_grid_sets(cfg: Config) -> list[str]:
+    """The default map's set, then :data:`COVERAGE` (what ``benchmarks/quality.py`` grids over)."""
+    return check_sets([cfg.reduce.features, *COVERAGE])
+
+
+def combined_table(tables: list):
+    """Feature tables of one project side by side: the rows every table has (in the first
+    table's order), columns concatenated. -> an object with ids, file_ids, starts, X, name."""
+    from types import SimpleNamespace
+
+    if len(tables) == 1:
+        return tables[0]
+    first = tables[0]
+    ids = pd.Index(np.asarray(first.ids).astype(str))
+    keep = np.ones(len(ids), dtype=bool)
+    pos = []
+    for t in tables:
+        p = pd.Index(np.asarray(t.ids).astype(str)).get_indexer(ids)
+        keep &= p >= 0
+        pos.append(p)
+    X = np.concatenate([np.asarray(t.X)[p[keep]] for t, p in zip(tables, pos)], axis=1)
+    return SimpleNamespace(ids=np.asarray(first.ids)[keep], file_ids=np.asarray(first.file_ids)[keep],
+                           starts=np.asarray(first.starts)[keep], X=np.ascontiguousarray(X, dtype=np.float32),
+                           name="+".join(t.name for t in tables))
 
 
 def _computed_sets(proj: Project) -> list[str]:
@@ -221,17 +282,20 @@ def grid(project, config: Config | None = None, *, features: list[str] | None = 
     cfg = config or proj.load_config()
     sc = cfg.score
     engine, rank_by, methods = _validated(cfg, engine, rank_by, methods)
-    sets = _check(list(features) if features else _computed_sets(proj), FEATURE_SETS, "feature set")
+    sets = check_sets(list(features) if features else _computed_sets(proj))
     if not sets:
         raise UsageError(f"{proj.path} has no features yet; run `klustr features {proj.path}` first")
-    runs = plan(sets, methods, sc, quick=quick)
+    runs = plan(sets, methods, sc, quick=quick, default=cfg.reduce)
     by_file = manifest_labels(proj)
     labelled = has_labels(by_file.values())
-    tables = {}
+    tables, loaded = {}, {}
     for fs in sets:
-        tables[fs] = load_feature_matrix(proj, fs)
-        if tables[fs] is None:
-            raise UsageError(f"{proj.path} has no features {fs!r}; run `klustr features {proj.path} --set {fs}`")
+        for part in component_sets(fs):
+            if part not in loaded:
+                loaded[part] = load_feature_matrix(proj, part)
+            if loaded[part] is None:
+                raise UsageError(f"{proj.path} has no features {part!r}; run `klustr features {proj.path} --set {part}`")
+        tables[fs] = combined_table([loaded[p] for p in component_sets(fs)])
 
     def write(run: Run, prep: _Prepared, Z: np.ndarray, meta: dict[str, Any]) -> None:
         _write_map(proj, run, prep, Z, meta)
@@ -294,7 +358,7 @@ def grid_arrays(X: np.ndarray, labels=None, *, name: str = "features", config: C
     labels = np.full(n, None, dtype=object) if labels is None else np.asarray(labels, dtype=object)
     ids = np.array([str(i) for i in range(n)], dtype=object)
     table = SimpleNamespace(ids=ids, file_ids=ids, starts=np.zeros(n), X=X, name=name)
-    runs = plan([name], methods, cfg.score, quick=quick)
+    runs = plan([name], methods, cfg.score, quick=quick, default=cfg.reduce)
     maps: dict[str, np.ndarray] = {}
 
     def keep(run: Run, prep: _Prepared, Z: np.ndarray, meta: dict[str, Any]) -> None:
