@@ -1,20 +1,23 @@
 """One typed configuration object: every default of klustr_gpu lives here, once.
 
 A :class:`Config` is a tree of small dataclasses (``audio``, ``scan``, ``features``, ``stft``,
-``mfcc``, ``mir``, ``mel``, ``timbre``, ``reduce``, ``render``). It is written to ``PROJECT/klustr.toml``
-before any stage starts, so every run is reproducible and diffable.
+``mfcc``, ``mir``, ``mel``, ``timbre``, ``descriptors``, ``pitchfree``, ``envelope``, ``general``,
+``reduce``, ``render``, ``score``), plus ``decisions``: what automatic rules decided, and why.
+It is written to ``PROJECT/klustr.toml`` before any stage starts, so every run is reproducible
+and diffable.
 
 Two presets:
 
 ``default``
-    For general sample libraries: 22.05 kHz mono, 0.5 s clips (the attack, body and the
-    decay times the ``timbre`` set needs: measuring decays over 0.5 s or over 4 s gave the same
-    accuracy on the Hydrogen drums, and half a second decodes twice as fast), the ``timbre`` set (20 MFCCs of the
-    peak-relative log-mel spectrogram averaged over 0-20, 20-50, 50-100, 100-200 and 200-500 ms
-    after the start, plus log decay times to -10/-20/-40/-60 dB: attack, body and tail apart;
-    104 dims; on the Hydrogen drums 0.90 10-NN accuracy in feature space against 0.84 for the
-    ``mfcc`` set's whole-clip mean/std, which stays available), standardised, PCA to 32
-    components, then UMAP (n_neighbors 15, min_dist 0.1).
+    For any sample library: 22.05 kHz mono, 1 s clips, the ``general`` set and t-SNE
+    (perplexity 10) after standardising and PCA to 32 components. ``general`` is blocks of the
+    other sets chosen per library by a label-free rule (:mod:`klustr_gpu.features.auto`): a
+    library of hits (drums, percussion) gets ``timbre`` (onset-segment MFCCs and decay times)
+    + ``descriptors``; a library of sustained notes gets pitch-robust blocks (``descriptors``,
+    ``pitchfree``, ``envelope``), because the same instrument plays many pitches and MFCCs follow
+    the pitch; a library holding both, ``mixed``. Chosen on four labelled libraries
+    (``benchmarks/quality.py``, docs/configuration.md): the Hydrogen kits, the TimGM6mb drums
+    and notes, and the demo corpus.
 ``klustr``
     The 2017 settings: 48 kHz mono, 0.25 s clips, n_fft 1024 / hop 256 STFT fingerprint,
     30 MFCCs as a flattened grid, PCA to 14 components before UMAP with the correlation
@@ -131,7 +134,7 @@ class DescriptorsConfig:
     """Eight log-scale per-frame descriptors over onset segments (:class:`~klustr_gpu.features.transforms.Descriptors`)."""
 
     n_fft: int = 1024
-    hop_length: int = 256
+    hop_length: int = 512            # 23 ms frames: as accurate as 256 on the four libraries, half the cost
     segments: list[float] = field(default_factory=lambda: list(SEGMENTS))
     floor_db: float = 80.0           # level: dB below the clip's loudest frame, floored here
 
@@ -141,7 +144,7 @@ class PitchFreeConfig:
     """The spectrum's shape with the pitch factored out (:class:`~klustr_gpu.features.transforms.PitchFree`)."""
 
     n_fft: int = 2048
-    hop_length: int = 512
+    hop_length: int = 1024
     bins_per_octave: int = 24
     fmin: float = 40.0
     fmax: float = 10000.0
@@ -164,7 +167,7 @@ class EnvelopeConfig:
 PROFILES = {
     "hits": ["timbre", "descriptors"],                       # drums, percussion, one-shot effects
     "sustained": ["descriptors", "pitchfree", "envelope"],   # notes of instruments, pads, drones
-    "mixed": ["mfcc", "descriptors", "pitchfree", "envelope"],
+    "mixed": ["segment_mfcc", "descriptors", "pitchfree", "envelope"],
 }
 GENERAL_PROFILES = ("auto", *PROFILES, "custom")
 
@@ -178,8 +181,8 @@ class GeneralConfig:
     (and its reason to ``Config.decisions``) before any feature is computed; ``mixed`` when it
     cannot decide. ``hits``, ``sustained``, ``mixed``: that profile's blocks
     (:data:`PROFILES`). ``custom``: ``blocks``. Block settings: ``timbre`` from the
-    ``[timbre]`` section, ``descriptors``/``pitchfree``/``envelope`` from theirs, ``mfcc`` (segment
-    MFCCs over the whole clip) from the keys below.
+    ``[timbre]`` section, ``descriptors``/``pitchfree``/``envelope`` from theirs, ``segment_mfcc``
+    (the first ``n_mfcc`` MFCCs averaged over the clip's onset segments) from the keys below.
     """
 
     profile: str = "auto"
@@ -188,7 +191,7 @@ class GeneralConfig:
     n_mfcc: int = 8
     n_mels: int = 64
     n_fft: int = 1024
-    hop_length: int = 256
+    hop_length: int = 512            # the descriptors' STFT, computed once for both
     floor_db: float = 60.0
     segments: list[float] = field(default_factory=lambda: list(SEGMENTS))
 
@@ -213,7 +216,7 @@ class ReduceConfig:
     n_neighbors: int = 15
     min_dist: float = 0.1
     metric: str = "euclidean"
-    perplexity: float = 15.0
+    perplexity: float = 10.0
     tsne_iterations: int = 500      # early exaggeration (a quarter, <= 250) included
     sample_threshold: int = 200_000  # above: fit on a sample, transform the rest
     sample_size: int = 100_000
@@ -317,7 +320,7 @@ class Config:
             raise UsageError(f"unknown general.profile {g.profile!r}; choose one of: {', '.join(GENERAL_PROFILES)}")
         if g.decided not in ("", *PROFILES):
             raise UsageError(f"general.decided must be empty or one of: {', '.join(PROFILES)}; got {g.decided!r}")
-        blocks = ("timbre", "mfcc", "descriptors", "pitchfree", "envelope")
+        blocks = ("timbre", "segment_mfcc", "descriptors", "pitchfree", "envelope")
         bad = [b for b in g.blocks if b not in blocks]
         if bad or not g.blocks:
             raise UsageError(f"general.blocks: unknown or none ({', '.join(bad) or 'empty'}); choose from: {', '.join(blocks)}")

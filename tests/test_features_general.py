@@ -12,6 +12,7 @@ import torch
 librosa = pytest.importorskip("librosa")
 
 from klustr_gpu.config import FEATURE_SETS, Config
+from klustr_gpu.errors import UsageError
 from klustr_gpu.features import functional as FX
 from klustr_gpu.features.transforms import (DESCRIPTORS, Descriptors, Envelope, PitchFree, SegmentMFCC, build,
                                             output_dim)
@@ -35,10 +36,10 @@ def _seg_means(x: np.ndarray, hop: int, edges) -> np.ndarray:
 
 
 # -- references --------------------------------------------------------------------------------------
-def ref_descriptors(y: np.ndarray, *, n_fft=1024, hop=256, edges=(0, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)) -> np.ndarray:
+def ref_descriptors(y: np.ndarray, *, n_fft=1024, hop=512, edges=(0, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)) -> np.ndarray:
     y = y.astype(np.float64)
     S = np.abs(librosa.stft(y, n_fft=n_fft, hop_length=hop))
-    rms = librosa.feature.rms(y=y, frame_length=n_fft, hop_length=hop)[0]
+    rms = librosa.feature.rms(S=S, frame_length=n_fft, hop_length=hop)[0]
     level = 20 * np.log10(rms + 1e-5)
     level = np.maximum(level - level.max(), -80.0)
     cen = librosa.feature.spectral_centroid(S=S, sr=SR)[0]
@@ -53,7 +54,7 @@ def ref_descriptors(y: np.ndarray, *, n_fft=1024, hop=256, edges=(0, 0.02, 0.05,
     return np.concatenate([_seg_means(rows, hop, edges).T.ravel(), rows.std(axis=1)])
 
 
-def ref_segment_mfcc(y: np.ndarray, *, n_mfcc=8, n_mels=64, n_fft=1024, hop=256, floor_db=60.0,
+def ref_segment_mfcc(y: np.ndarray, *, n_mfcc=8, n_mels=64, n_fft=1024, hop=512, floor_db=60.0,
                      edges=(0, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)) -> np.ndarray:
     S = np.abs(librosa.stft(y.astype(np.float64), n_fft=n_fft, hop_length=hop)) ** 2
     lm = librosa.power_to_db(librosa.feature.melspectrogram(S=S, sr=SR, n_mels=n_mels) + 1e-10, top_db=None)
@@ -63,7 +64,7 @@ def ref_segment_mfcc(y: np.ndarray, *, n_mfcc=8, n_mels=64, n_fft=1024, hop=256,
 
 # -- parity on real audio -------------------------------------------------------------------------------
 def test_descriptors_match_librosa(clips):
-    m = Descriptors(sample_rate=SR, n_samples=N)
+    m = Descriptors(sample_rate=SR, n_samples=N, hop_length=512)
     with torch.no_grad():
         ours = m(torch.from_numpy(clips)).numpy()
     assert ours.shape == (len(clips), 8 * 6 + 8)
@@ -78,7 +79,7 @@ def test_descriptors_match_librosa(clips):
 
 
 def test_segment_mfcc_matches_librosa(clips):
-    m = SegmentMFCC(sample_rate=SR, n_samples=N)
+    m = SegmentMFCC(sample_rate=SR, n_samples=N, hop_length=512)
     with torch.no_grad():
         ours = m(torch.from_numpy(clips)).numpy()
     for i, y in enumerate(clips):
@@ -197,15 +198,21 @@ def test_general_set_layout_and_silence():
     for name, d in dims.items():
         assert output_dim(build(name, cfg), N) == d
     assert output_dim(build("general", cfg), N) == cfg.general.n_mfcc * n_seg + sum(dims.values())
-    only = cfg.updated({"general.blocks": "mfcc,envelope"})
+    only = cfg.updated({"general.profile": "custom", "general.blocks": "segment_mfcc,envelope"})
     assert output_dim(build("general", only), N) == cfg.general.n_mfcc * n_seg + dims["envelope"]
+    timbre = cfg.timbre.n_mfcc * (len(cfg.timbre.segments) - 1) + len(cfg.timbre.decay_drops)
+    for profile, dim in (("hits", timbre + dims["descriptors"]),
+                         ("sustained", dims["descriptors"] + dims["pitchfree"] + dims["envelope"])):
+        assert output_dim(build("general", cfg.updated({"general.profile": profile})), N) == dim
+        decided = cfg.updated({"general.decided": profile})                  # what the rule wrote
+        assert output_dim(build("general", decided), N) == dim
     x = torch.zeros(3, N)
     x[1, :50] = 1e-4
     for name in dims.keys() | {"general"}:
         with torch.no_grad():
             assert torch.isfinite(build(name, cfg)(x)).all(), name
-    with pytest.raises(ValueError):
-        build("general", cfg.updated({"general.blocks": "mfcc,nonsense"}))
+    with pytest.raises(UsageError):
+        cfg.updated({"general.profile": "custom", "general.blocks": "segment_mfcc,nonsense"})
 
 
 def test_frame_mode_uses_the_window_length():

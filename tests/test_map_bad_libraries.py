@@ -138,6 +138,10 @@ def test_skip_reasons_are_grouped_by_kind(tmp_path):
 
 
 # -- the rule ------------------------------------------------------------------------------------
+def _files(lib: Path) -> dict[str, np.ndarray]:
+    return {p.name: sf.read(p, dtype="float32")[0] for p in sorted(lib.rglob("*.wav"))}
+
+
 def test_sustained_clips_are_told_from_hits():
     rng = np.random.default_rng(4)
     hits = np.stack([np.pad(_hit(rng, 100 * (i + 1), 0.03), (0, SR - int(0.6 * SR))) for i in range(4)])
@@ -153,7 +157,9 @@ def test_rule_decides_hits_and_sustained_and_records_why(tmp_path):
     notes = _library(tmp_path / "notes", {f"{c}/{c}{i}.wav": _note(110 * 2 ** (i / 4), p)
                                           for c, p in (("flute", [1, 0.1]), ("reed", [1, 0, 0.6, 0, 0.4]))
                                           for i in range(8)})
-    for lib, want in ((drums, "hits"), (notes, "sustained")):
+    both = _library(tmp_path / "both", {**{f"kick/{k}": v for k, v in _files(drums).items()},
+                                        **{f"flute/{k}": v for k, v in list(_files(notes).items())[:6]}})
+    for lib, want in ((drums, "hits"), (notes, "sustained"), (both, "mixed")):
         proj = tmp_path / f"p-{want}"
         run_map(lib, proj, labels=lib / "labels.csv", progress=False)
         cfg = Project(proj).load_config()

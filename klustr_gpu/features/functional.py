@@ -15,7 +15,8 @@ Parity with librosa 0.11 (checked in ``tests/test_features_functional.py`` on re
   batch mates: that is why it is not used here).
 * :func:`delta` equals ``librosa.feature.delta(width=9, order=1, mode="interp")``.
 * :func:`rms` and :func:`zero_crossing_rate` equal ``librosa.feature.rms`` /
-  ``librosa.feature.zero_crossing_rate`` with ``center=True`` (constant / edge padding).
+  ``librosa.feature.zero_crossing_rate`` with ``center=True`` (constant / edge padding);
+  :func:`rms_from_power` equals ``librosa.feature.rms(S=...)`` on the same spectrogram.
 * :func:`spectral_centroid`, :func:`spectral_bandwidth` (p=2), :func:`spectral_rolloff`
   (0.85) and :func:`spectral_flatness` equal librosa's on the same magnitude spectrogram.
 * :func:`spectral_crest` (max / mean of the magnitude spectrum) and :func:`spectral_flux`
@@ -35,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 __all__ = [
-    "power_spectrogram", "power_to_db", "amplitude_to_db", "delta", "rms", "zero_crossing_rate",
+    "power_spectrogram", "power_to_db", "amplitude_to_db", "delta", "rms", "rms_from_power", "zero_crossing_rate",
     "fft_frequencies", "spectral_centroid", "spectral_bandwidth", "spectral_rolloff",
     "spectral_flatness", "spectral_crest", "spectral_flux", "group_mean", "fit_length",
     "minmax", "zscore", "summary_stats", "n_frames", "segment_matrix", "segment_edges",
@@ -124,6 +125,17 @@ def rms(y: torch.Tensor, *, frame_length: int = 2048, hop_length: int = 512) -> 
     return torch.sqrt(torch.clamp(_framed_sum(yp * yp, frame_length, hop_length, n), min=0) / frame_length)
 
 
+def rms_from_power(P: torch.Tensor, n_fft: int) -> torch.Tensor:
+    """RMS per frame from a power spectrogram ``|STFT|**2`` (windowed frames), as
+    ``librosa.feature.rms(S=sqrt(P), frame_length=n_fft)``: Parseval over the one-sided spectrum
+    (DC and, for even ``n_fft``, Nyquist counted once). (..., freq, frames) -> (..., frames).
+    Cheaper than :func:`rms` when the spectrogram is at hand (no pass over the samples)."""
+    total = 2.0 * P.sum(dim=-2) - P[..., 0, :]
+    if n_fft % 2 == 0:
+        total = total - P[..., -1, :]
+    return torch.sqrt(torch.clamp(total, min=0) / (n_fft * n_fft))
+
+
 def zero_crossing_rate(y: torch.Tensor, *, frame_length: int = 2048, hop_length: int = 512,
                        threshold: float = 1e-10) -> torch.Tensor:
     """Fraction of sign changes per centred frame (edge padding; |y| <= threshold counts as 0,
@@ -133,8 +145,11 @@ def zero_crossing_rate(y: torch.Tensor, *, frame_length: int = 2048, hop_length:
     y = torch.where(y.abs() <= threshold, torch.zeros_like(y), y)
     neg = torch.signbit(y)
     neg = torch.cat([neg[..., :1].expand(*neg.shape[:-1], p), neg, neg[..., -1:].expand(*neg.shape[:-1], p)], dim=-1)
-    change = (neg[..., 1:] != neg[..., :-1]).to(y.dtype)          # change[j]: between samples j and j+1
-    return _framed_sum(change, frame_length - 1, hop_length, n) / frame_length
+    change = neg[..., 1:] != neg[..., :-1]                         # change[j]: between samples j and j+1
+    c = F.pad(torch.cumsum(change, dim=-1, dtype=torch.int32), (1, 0))   # counts: exact in int32
+    starts = torch.arange(n, device=y.device) * hop_length
+    ends = torch.clamp(starts + frame_length - 1, max=c.shape[-1] - 1)
+    return (c[..., ends] - c[..., starts]).to(y.dtype) / frame_length
 
 
 def fft_frequencies(sample_rate: int, n_fft: int, *, dtype=torch.float32, device=None) -> torch.Tensor:

@@ -235,8 +235,9 @@ class Descriptors(_Spectral):
     """(batch, time) -> (batch, 8 * (n_segments + 1)): eight per-frame descriptors on log scales,
     averaged over onset segments, then each one's standard deviation over the clip.
 
-    Per frame (``n_fft``/``hop_length`` STFT, centred): the RMS level in dB relative to the
-    clip's loudest frame (floored ``floor_db`` below it), ``log(1 + centroid)``,
+    Per frame (``n_fft``/``hop_length`` STFT, centred): the RMS level of the windowed frame
+    (from its spectrum, :func:`~klustr_gpu.features.functional.rms_from_power`) in dB relative to
+    the clip's loudest frame (floored ``floor_db`` below it), ``log(1 + centroid)``,
     ``log(1 + bandwidth)``, ``log(crest + 1e-3)``, ``log(flux + 1e-4)``, ``log(1 + rolloff)``
     (Hz), ``log(flatness + 1e-8)`` and the zero-crossing rate: the shape of the spectrum and its
     change, with pitch present only coarsely (centroid and roll-off move with it; the shape of
@@ -260,7 +261,7 @@ class Descriptors(_Spectral):
         P = self.power(y, cache)
         S = self.magnitude(y, cache)
         centroid = FX.spectral_centroid(S, self.freqs)
-        level = 20.0 * torch.log10(FX.rms(y, frame_length=self.n_fft, hop_length=self.hop_length) + 1e-5)
+        level = 20.0 * torch.log10(FX.rms_from_power(P, self.n_fft) + 1e-5)
         level = torch.clamp(level - level.amax(dim=-1, keepdim=True), min=-self.floor_db)
         rows = [
             level,
@@ -389,7 +390,7 @@ def _general_block(name: str, cfg: Config, n: int) -> nn.Module:
     sr = cfg.audio.sample_rate
     if name == "timbre":
         return build("timbre", cfg)
-    if name == "mfcc":
+    if name == "segment_mfcc":
         g = cfg.general
         return SegmentMFCC(sample_rate=sr, n_samples=n, n_mfcc=g.n_mfcc, n_mels=g.n_mels, n_fft=g.n_fft,
                            hop_length=g.hop_length, floor_db=g.floor_db, segments=tuple(g.segments))
@@ -408,7 +409,7 @@ def _general_block(name: str, cfg: Config, n: int) -> nn.Module:
     raise ValueError(f"unknown block {name!r} of the general set; choose from: {', '.join(GENERAL_BLOCKS)}")
 
 
-GENERAL_BLOCKS = ("timbre", "mfcc", "descriptors", "pitchfree", "envelope")
+GENERAL_BLOCKS = ("timbre", "segment_mfcc", "descriptors", "pitchfree", "envelope")
 
 
 def build(name: str, cfg: Config) -> nn.Module:
