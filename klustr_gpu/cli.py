@@ -114,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=DEVICES, help="where features are computed (default auto)")
     p.add_argument("--engine", choices=ENGINES, help="reduction engine (default auto: cuml, torchdr on GPU, else cpu)")
     p.add_argument("--method", choices=METHODS, help="reduction method (default umap)")
-    p.add_argument("--features", choices=FEATURE_SETS, help="feature set the map is made from (default timbre)")
+    p.add_argument("--features", choices=FEATURE_SETS, help="feature set the map is made from (default general)")
     p.add_argument("--frames", action="store_true",
                    help="frame mode: one point per window of long recordings (see features --frames)")
     p.add_argument("--window", type=_positive_float, metavar="SECONDS", help="frame mode window (default 0.5)")

@@ -75,11 +75,14 @@ def _fmt(v: Any) -> str:
 def plan(features: list[str], methods: list[str], sc: ScoreConfig, *, quick: bool = False,
          default: ReduceConfig | None = None) -> list[Run]:
     """The runs of the grid, in order (feature set, method, parameters); with ``default`` (the
-    config's reduction), its perplexity and its UMAP pair are added where missing."""
+    config's reduction), its perplexity and its UMAP pair are added where missing (``quick``:
+    they replace the quick plan's)."""
     perps = [float(p) for p in (QUICK["perplexities"] if quick else sc.perplexities)]
     pairs = [(int(nn), float(md)) for nn in (QUICK["n_neighbors"] if quick else sc.n_neighbors)
              for md in (QUICK["min_dists"] if quick else sc.min_dists)]
-    if default is not None:
+    if default is not None and quick:            # a first look: the default's own t-SNE and UMAP
+        perps, pairs = [float(default.perplexity)], [(int(default.n_neighbors), float(default.min_dist))]
+    elif default is not None:
         perps = sorted(set(perps) | {float(default.perplexity)})
         if (int(default.n_neighbors), float(default.min_dist)) not in pairs:
             pairs.append((int(default.n_neighbors), float(default.min_dist)))
