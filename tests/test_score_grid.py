@@ -143,6 +143,7 @@ def test_plan_holds_the_default_maps_parameters():
     default = ReduceConfig(perplexity=10.0, n_neighbors=12, min_dist=0.05)
     runs = plan(["general"], ["umap", "tsne"], sc, default=default)
     perps = [r.kwargs["perplexity"] for r in runs if r.method == "tsne"]
+    assert [r.kwargs.get("n_iter") for r in runs if r.method == "tsne"] == [None, 500, None, None, None]
     pairs = [(r.kwargs["n_neighbors"], r.kwargs["min_dist"]) for r in runs if r.method == "umap"]
     assert perps == sorted({*sc.perplexities, 10.0}) and (12, 0.05) in pairs and len(pairs) == 17
     quick = plan(["general"], ["umap", "tsne"], sc, quick=True, default=default)

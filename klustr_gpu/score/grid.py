@@ -75,15 +75,18 @@ def _fmt(v: Any) -> str:
 def plan(features: list[str], methods: list[str], sc: ScoreConfig, *, quick: bool = False,
          default: ReduceConfig | None = None) -> list[Run]:
     """The runs of the grid, in order (feature set, method, parameters); with ``default`` (the
-    config's reduction), its perplexity and its UMAP pair are added where missing (``quick``:
-    they replace the quick plan's)."""
+    config's reduction), its perplexity (with its own iterations, so the run is the default
+    map) and its UMAP pair are added where missing (``quick``: they replace the quick plan's)."""
     perps = [float(p) for p in (QUICK["perplexities"] if quick else sc.perplexities)]
     pairs = [(int(nn), float(md)) for nn in (QUICK["n_neighbors"] if quick else sc.n_neighbors)
              for md in (QUICK["min_dists"] if quick else sc.min_dists)]
+    own: float | None = None                     # the default's perplexity, run as the default runs it
     if default is not None and quick:            # a first look: the default's own t-SNE and UMAP
         perps, pairs = [float(default.perplexity)], [(int(default.n_neighbors), float(default.min_dist))]
     elif default is not None:
-        perps = sorted(set(perps) | {float(default.perplexity)})
+        if float(default.perplexity) not in perps:
+            own = float(default.perplexity)
+            perps = sorted({*perps, own})
         if (int(default.n_neighbors), float(default.min_dist)) not in pairs:
             pairs.append((int(default.n_neighbors), float(default.min_dist)))
     runs: list[Run] = []
@@ -92,7 +95,8 @@ def plan(features: list[str], methods: list[str], sc: ScoreConfig, *, quick: boo
             if method == "umap":
                 runs += [Run(fs, "umap", (("n_neighbors", nn), ("min_dist", md))) for nn, md in pairs]
             elif method == "tsne":
-                runs += [Run(fs, "tsne", (("perplexity", p),)) for p in perps]
+                runs += [Run(fs, "tsne", (("perplexity", p),) + ((("n_iter", int(default.tsne_iterations)),)
+                                                               if p == own else ())) for p in perps]
             elif method == "pca":
                 runs.append(Run(fs, "pca"))
     return runs
@@ -222,7 +226,7 @@ def _fit(run: Run, prep: _Prepared, cfg: Config, sc: ScoreConfig, engine: str, q
         params["metric"] = cfg.reduce.metric
     if run.method == "tsne":
         params["perplexity"] = min(params["perplexity"], max(1.0, (n - 1) / 3.0))
-        params["n_iter"] = QUICK["tsne_iterations"] if quick else sc.tsne_iterations
+        params.setdefault("n_iter", QUICK["tsne_iterations"] if quick else sc.tsne_iterations)
     if run.method != "pca":
         params.update(sample_threshold=cfg.reduce.sample_threshold, sample_size=cfg.reduce.sample_size)
     knn = prep.knn.get(pc) if run.method != "pca" else None   # the shared graph; the reducer slices it
