@@ -7,9 +7,9 @@ import logging
 from ..store import Project
 from .app import MapApp, pn_modules
 from .data import load_map
+from .mapview import view_route, warm_up
 from .security import AudioHandler, AudioIndex, is_loopback
 from .tiles import tile_route
-from .views import rgb_element
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ def serve(project: Project, *, port: int = 5006, host: str = "127.0.0.1", embedd
     def session():
         return MapApp(data, index, project=project, neighbours=cfg.neighbours, export_root=export_root).layout
 
-    rgb_element(data.points.iloc[:1000], data, width=64, height=64)   # compile datashader's kernels now
+    warm_up(data)                      # compile datashader's kernels now, not in the first session
     log.info("serve: %d points, %d audio files at http://%s:%d/", data.n, len(index), host, port)
     pn.serve(session, port=port, address=host, websocket_origin=origins, show=show, title="klustr_gpu map",
-             extra_patterns=[audio_route(index), tile_route(data)], verbose=True)
+             extra_patterns=[audio_route(index), tile_route(data), view_route()], verbose=True)
