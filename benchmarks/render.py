@@ -10,7 +10,8 @@ Points: ``n`` float32 (x, y) in 12 Gaussian blobs with a categorical label, in m
 * ``zoom``: re-rasterisation of a zoomed range (a quarter of the width and height, moving each
   repeat) at the app's plot size 980x850: the work done on every zoom/pan; median of ``--repeat``.
 * ``app callback``: ``mapview.picture`` + ``encode``, what the served app runs on every zoom/pan
-  (aggregate, shade, spread, gzip the RGBA rows); the server then sends them to the browser.
+  (the :class:`Raster` pass: aggregate and mix, equalised alpha, spread; gzip the RGBA rows, as
+  for a browser on another machine); the server then sends them to the browser.
 * ``hv``: the same through HoloViews' operations (datashade with the hover selector,
   which also gathers each pixel's point for the hover, then dynspread), first the full range
   then the zoomed ones (median). The app's server adds the transfer to the browser.
@@ -116,16 +117,14 @@ def time_app_raster(data: MapData, repeat: int) -> tuple[float, list[float]]:
     """The served app's picture of a view (``mapview.picture`` + ``mapview.encode``: datashader
     aggregate, fast shading, dynspread, raw RGBA gzipped for ``/view/<session>/<seq>``) at the
     full range, then at the zoomed ranges."""
-    from klustr_gpu.render.mapview import Layers, encode, picture
+    from klustr_gpu.render.mapview import Layers, base_raster, encode, picture
     from klustr_gpu.render.tiles import Tile
 
-    layers = Layers(base=data.points)
-
     def one(xr, yr):
-        encode(picture(layers, data, Tile(tuple(xr), tuple(yr), APP_W, APP_H)))
+        encode(picture(Layers(base_raster(data)), Tile(tuple(xr), tuple(yr), APP_W, APP_H)))
 
     t = time.perf_counter()
-    one(*data.bounds())
+    one(*data.bounds())                       # includes building the map's Raster (a grid sort)
     first = time.perf_counter() - t
     lat = []
     for xr, yr in zoom_ranges(data, repeat):

@@ -72,8 +72,8 @@ START_POLL = """() => {
   window.addEventListener('pointerup', mark, {capture: true});
   window.addEventListener('mouseup', mark, {capture: true});
   window.__stop = false;
-  const loop = () => { if (window.__stop) return; window.__polls.push([performance.now(), hash()]); setTimeout(loop, 4); };
-  setTimeout(loop, 4);
+  const loop = () => { if (window.__stop) return; window.__polls.push([performance.now(), hash()]); setTimeout(loop, 8); };
+  setTimeout(loop, 8);
 }"""
 
 STOP_POLL = """() => { window.__stop = true;

@@ -23,7 +23,7 @@ from .components import Facets, MapCanvas, SoundPanel
 from .data import MapData, load_map
 from .export import copy_selection, selection_csv, selection_m3u
 from .filters import PointFilter
-from .mapview import REGISTRY, Layers, ViewState
+from .mapview import REGISTRY, Layers, ViewState, base_raster
 from .security import TRANSCODE, AudioIndex, audio_type, audio_url, esc
 from .views import category_positions
 
@@ -34,7 +34,7 @@ SEARCH_DEBOUNCE_MS = 180     # search as you type: applied this long after the l
 ZOOM_IN_LIMIT = 2000         # the view's larger side spans at least the map's extent / this
 ZOOM_OUT_LIMIT = 4           # ... and at most this many times the extent
 TABLE_COLUMNS = ["drag", "name", "label", "duration", "folder"]
-NOTHING_SELECTED = "Nothing selected: draw a box or a lasso on the map first (Box / Lasso above the map)."
+NOTHING_SELECTED = "Nothing selected to {what}: draw a box or a lasso on the map first (Box / Lasso above the map)."
 
 
 def pn_modules():
@@ -82,7 +82,8 @@ class MapApp:
             similar = shared(project, data)
         self.similar = similar
 
-        self.view = ViewState(data, Layers(base=pts))
+        self.raster = base_raster(data)
+        self.view = ViewState(Layers(self.raster))
         REGISTRY.add(self.view)
         (x0, x1), (y0, y1) = data.bounds()
         extent = max(x1 - x0, y1 - y0)
@@ -207,15 +208,13 @@ class MapApp:
 
     def _redraw(self) -> None:
         """What the map draws, the title, the status and the table, after a change of filter or selection."""
-        pts, by = self.data.points, self.data.by
-        cols = ["x", "y", by]
         sel = np.zeros(self.data.n, dtype=bool)
         sel[self.selection] = True
         shown = np.ones(self.data.n, dtype=bool) if self.mask is None else self.mask
         if len(self.selection):
-            layers = Layers(base=pts.loc[shown & ~sel, cols], top=pts.loc[sel, cols])
+            layers = Layers(self.raster.subset(shown & ~sel), self.raster.subset(sel))
         else:
-            layers = Layers(base=pts if self.mask is None else pts.loc[shown, cols])
+            layers = Layers(self.raster if self.mask is None else self.raster.subset(shown))
         self.view.layers = layers
         self.canvas.version += 1
         self.title.object = self._title_html()
@@ -403,11 +402,12 @@ class MapApp:
         pts = self.selected_points()
         paths = pts["path"].astype(str)
         urls = [audio_url(f, float(s)) for f, s in zip(pts["file_id"], pts["start"])]
-        return pd.DataFrame({
-            "drag": [esc(drag_spec(p, u)) for p, u in zip(paths, urls)],
-            "name": pts["name"].astype(str).to_numpy(), "label": pts["label"].astype(str).to_numpy(),
+        return pd.DataFrame({                      # typed even when empty: the table's columns keep their kind
+            "drag": np.array([esc(drag_spec(p, u)) for p, u in zip(paths, urls)], dtype=object),
+            "name": pts["name"].astype(str).to_numpy(dtype=object),
+            "label": pts["label"].astype(str).to_numpy(dtype=object),
             "duration": pts["duration"].to_numpy(np.float64).round(2),
-            "folder": [p.rpartition("/")[0] or "/" for p in paths],
+            "folder": np.array([p.rpartition("/")[0] or "/" for p in paths], dtype=object),
         }, index=pd.Index(self.selection, name="point"))
 
     def _on_table_click(self, event) -> None:
@@ -418,12 +418,11 @@ class MapApp:
     def export_text(self, kind: str) -> str | None:
         """The selection as ``"csv"`` or ``"m3u"`` text; ``None`` (and a message) when empty."""
         if not len(self.selection):
-            self.export_msg.object = f"<p class='klustr-export-msg'>{NOTHING_SELECTED}</p>"
+            self._say(NOTHING_SELECTED.format(what=f"save as {kind.upper()}"))
             return None
         pts = self.selected_points()
         text = selection_csv(pts) if kind == "csv" else selection_m3u(pts, self.index)
-        self.export_msg.object = (f"<p class='klustr-export-msg'>Saved {len(pts):,} sounds as "
-                                  f"selection.{kind}.</p>")
+        self._say(f"Saved {len(pts):,} sounds as selection.{kind}.")
         return text
 
     def export(self, kind: str) -> None:
@@ -434,15 +433,19 @@ class MapApp:
 
     def _on_copy(self, _event=None):
         if not len(self.selection):
-            self.export_msg.object = f"<p class='klustr-export-msg'>{NOTHING_SELECTED}</p>"
+            self._say(NOTHING_SELECTED.format(what="copy"))
             return
         try:
             n, folder = copy_selection(self.selected_points(), self.index, self.w_folder.value,
                                        allowed_root=self.export_root)
         except (OSError, ValueError) as exc:
-            self.export_msg.object = f"<p class='klustr-export-msg'>Could not copy: {esc(exc)}</p>"
+            self._say(f"Could not copy: {exc}")
             return
-        self.export_msg.object = f"<p class='klustr-export-msg'>Copied {n} files into {esc(folder)}.</p>"
+        self._say(f"Copied {n} files into {folder}.")
+
+    def _say(self, text: str) -> None:
+        """One line under the export buttons (escaped)."""
+        self.export_msg.object = f"<p class='klustr-export-msg' style='margin:2px 0'>{esc(text)}</p>"
 
     # -- text ----------------------------------------------------------------------------------
     def n_shown(self) -> int:

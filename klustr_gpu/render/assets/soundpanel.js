@@ -23,6 +23,13 @@ export function dragData(spec) {
 function installDrag() {
   if (window.__klustrDrag) return;
   window.__klustrDrag = true;
+  // A focusable ancestor (a Tabulator cell) takes the focus on mousedown and Chromium then starts
+  // no drag: such a cell gives up its tabindex before the press reaches it.
+  document.addEventListener('mousedown', (e) => {
+    const node = e.composedPath().find(n => n && n.dataset && n.dataset.drag);
+    const cell = node && node.parentElement && node.parentElement.closest('[tabindex]');
+    if (cell) cell.removeAttribute('tabindex');
+  }, true);
   document.addEventListener('dragstart', (e) => {
     const node = e.composedPath().find(n => n && n.dataset && n.dataset.drag);
     if (!node || !e.dataTransfer) return;
