@@ -257,8 +257,10 @@ def summary(name: str, r: dict) -> dict:
 
 
 def breakdown(pictures: list[dict]) -> dict:
-    """Median milliseconds of this checkout's pictures: fetch (request to body), server render,
-    encode, the rest of fetch (transfer, queueing), paint (bytes to canvas), and bytes."""
+    """Median milliseconds of this checkout's pictures: fetch (request to the last byte), the
+    server's queue (a render of the same session still running), render and encode, the time
+    to the response headers less those (the request's way to the server and the headers' way
+    back), the body's transfer, paint (bytes to canvas), and bytes."""
     def server(p, key):
         for part in p.get("server", "").split(","):
             name, _, dur = part.strip().partition(";dur=")
@@ -266,11 +268,17 @@ def breakdown(pictures: list[dict]) -> dict:
                 return float(dur)
         return None
     rows = [p for p in pictures if p.get("fetch_ms") is not None]
-    out = {"fetch_ms": median(p["fetch_ms"] for p in rows), "render_ms": median(server(p, "render") for p in rows),
-           "encode_ms": median(server(p, "encode") for p in rows), "paint_ms": median(p["paint_ms"] for p in rows),
+    out = {"fetch_ms": median(p["fetch_ms"] for p in rows),
+           "queue_ms": median(server(p, "queue") for p in rows),
+           "render_ms": median(server(p, "render") for p in rows),
+           "encode_ms": median(server(p, "encode") for p in rows),
+           "to_headers_ms": median(p.get("headers_ms") for p in rows),
+           "body_ms": median(p.get("body_ms") for p in rows),
+           "paint_ms": median(p["paint_ms"] for p in rows),
            "bytes": median(p["bytes"] for p in rows), "n": len(rows)}
-    if None not in (out["fetch_ms"], out["render_ms"], out["encode_ms"]):
-        out["transfer_and_queue_ms"] = out["fetch_ms"] - out["render_ms"] - out["encode_ms"]
+    parts = [out[k] for k in ("to_headers_ms", "queue_ms", "render_ms", "encode_ms")]
+    if None not in parts:
+        out["request_and_response_ms"] = parts[0] - sum(parts[1:])   # browser -> server -> headers back
     return out
 
 

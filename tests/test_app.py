@@ -334,6 +334,31 @@ def test_the_selection_is_drawn_over_the_rest_dimmed(app):
     assert alpha_at(shown, outside) < 0.5 * alpha_at(plain, outside)
 
 
+def unruns(body: bytes, n: int) -> np.ndarray:
+    """The page's unpacking of ``mapview.runs`` (mapcanvas.js ``unpack``), in numpy."""
+    u = np.frombuffer(body, "<u4")
+    k = int(u[0])
+    out = np.zeros(n, np.uint32)
+    p = 1 + 2 * k
+    for start, length in zip(u[1:1 + k], u[1 + k:1 + 2 * k]):
+        out[start:start + length] = u[p:p + length]
+        p += length
+    assert p == len(u)
+    return out
+
+
+def test_runs_hold_every_pixel():
+    from klustr_gpu.render.mapview import runs
+
+    rng = np.random.default_rng(0)
+    for density in (0.0, 0.01, 0.3, 1.0):
+        rgba = (rng.random((37, 53, 4)) * 255).astype(np.uint8)
+        rgba[rng.random((37, 53)) >= density] = 0
+        body = runs(rgba)
+        assert np.array_equal(unruns(body, 37 * 53).view(np.uint8).reshape(37, 53, 4), rgba)
+        assert len(body) <= 4 * (1 + 37 * 53 * 2)
+
+
 @pytest.fixture
 def view_server():
     """A tornado server with only the picture route, in a thread; yields (port, registry)."""
@@ -367,15 +392,17 @@ def view_server():
 def test_the_picture_route_answers_its_session_only(app, view_server):
     from test_serve import http_get
 
-    from klustr_gpu.render.mapview import encode
+    from klustr_gpu.render.mapview import encode, picture
+    from klustr_gpu.render.tiles import Tile
 
     port, registry = view_server
     registry.add(app.view)
     q = "x0=-10&x1=10&y0=-8&y1=8&w=200&h=160"
     status, headers, body = http_get(port, f"/view/{app.view.name}/1?{q}", headers={"Accept-Encoding": "gzip"})
     assert status == 200 and headers["x-klustr-size"] == "200x160"
-    assert "content-encoding" not in headers                            # loopback: the raw rows
-    rgba = np.frombuffer(body, np.uint8).reshape(160, 200, 4)
+    assert "content-encoding" not in headers                            # loopback: the runs as they are
+    rgba = unruns(body, 200 * 160).view(np.uint8).reshape(160, 200, 4)
+    assert np.array_equal(rgba, picture(app.view.layers, Tile((-10.0, 10.0), (-8.0, 8.0), 200, 160)))
     assert rgba[..., 3].any() and headers["x-klustr-empty"] == "0"
     assert gzip.decompress(encode(rgba, 1)) == body                     # what another machine gets
     status, headers, body = http_get(port, f"/view/{app.view.name}/2?x0=1000&x1=1001&y0=1000&y1=1001&w=50&h=50")

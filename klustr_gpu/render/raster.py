@@ -71,7 +71,39 @@ def _kernels():
                     out[p, ch] = np.uint8((top[p, ch] * ta + b * ba * (1.0 - ta)) / oa + 0.5)
                 out[p, 3] = np.uint8(oa * 255.0 + 0.5)
 
-        _KERNELS = accumulate, mix, over_dimmed
+        @numba.njit(nogil=True, cache=True)
+        def pack_runs(flat, out):
+            # out: [k, starts (k), lengths (k), pixels] with room for the worst case; returns words used
+            n = flat.shape[0]
+            k = 0
+            i = 0
+            while i < n:                                   # count the runs
+                if flat[i] != 0:
+                    k += 1
+                    while i < n and flat[i] != 0:
+                        i += 1
+                else:
+                    i += 1
+            out[0] = k
+            r = 0
+            p = 1 + 2 * k
+            i = 0
+            while i < n:
+                if flat[i] != 0:
+                    out[1 + r] = i
+                    j = i
+                    while j < n and flat[j] != 0:
+                        out[p] = flat[j]
+                        p += 1
+                        j += 1
+                    out[1 + k + r] = j - i
+                    r += 1
+                    i = j
+                else:
+                    i += 1
+            return p
+
+        _KERNELS = accumulate, mix, over_dimmed, pack_runs
     return _KERNELS
 
 
@@ -125,7 +157,7 @@ class Raster:
 
         from .static import equalised_alpha
 
-        accumulate, mix, _ = _kernels()
+        accumulate, mix, *_ = _kernels()
         w, h = int(width), int(height)
         acc = np.zeros((h * w, 4), dtype=np.uint32)
         if len(self.x):
@@ -149,11 +181,20 @@ def over_dimmed(top: np.ndarray, base: np.ndarray, *, keep_alpha: float, grey: f
                 pull: float = 0.55) -> np.ndarray:
     """``top`` (RGBA uint8 ``[h, w, 4]``) over ``base`` pulled ``pull`` of the way towards
     ``grey`` with its alpha scaled by ``keep_alpha``: a selection over the rest, dimmed."""
-    *_, kernel = _kernels()
+    kernel = _kernels()[2]
     h, w, _ = top.shape
     out = np.zeros((h * w, 4), dtype=np.uint8)
     kernel(top.reshape(-1, 4), base.reshape(-1, 4), float(keep_alpha), float(grey), float(pull), out)
     return out.reshape(h, w, 4)
+
+
+def pack_runs(rgba: np.ndarray) -> np.ndarray:
+    """The non-empty pixels of ``rgba [h, w, 4]`` (uint8) as uint32 words ``[n, start_1..start_n,
+    length_1..length_n, pixels...]`` (see :func:`.mapview.runs`), in one compiled pass."""
+    flat = np.ascontiguousarray(rgba).view(np.uint32).ravel()
+    out = np.empty(1 + 2 * len(flat) + 1, dtype=np.uint32)
+    used = _kernels()[3](flat, out)
+    return out[:used]
 
 
 def _cells(v: np.ndarray, lo: float, hi: float) -> np.ndarray:

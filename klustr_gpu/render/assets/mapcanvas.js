@@ -19,6 +19,20 @@ function el(tag, cls, parent) {
   return e;
 }
 
+// The picture's runs of non-empty pixels (mapview.runs) -> all n pixels as uint32 RGBA.
+function unpack(buf, n) {
+  const u = new Uint32Array(buf);
+  const k = u[0], out = new Uint32Array(n);
+  let p = 1 + 2 * k;
+  if (u.length < p) return null;
+  for (let i = 0; i < k; i++) {
+    const start = u[1 + i], len = u[1 + k + i];
+    if (start + len > n || p + len > u.length) return null;
+    for (let j = 0; j < len; j++) out[start + j] = u[p++];
+  }
+  return out;
+}
+
 export function render({ model }) {
   const root = el('div', 'klustr-map');
   root.tabIndex = -1;
@@ -176,10 +190,13 @@ export function render({ model }) {
     try {
       const r = await fetch(`${model.src}/${s}?${q}`, { cache: 'no-store' });
       if (r.status !== 200) return;
+      const th = performance.now();
       const buf = await r.arrayBuffer();
       const t1 = performance.now();
-      if (s < drawnSeq || buf.byteLength !== W * H * 4) return;
-      const bmp = await createImageBitmap(new ImageData(new Uint8ClampedArray(buf), W, H));
+      if (s < drawnSeq) return;
+      const pixels = unpack(buf, W * H);
+      if (!pixels) return;
+      const bmp = await createImageBitmap(new ImageData(new Uint8ClampedArray(pixels.buffer), W, H));
       if (s < drawnSeq) { bmp.close(); return; }
       if (img) img.bmp.close();
       drawnSeq = s;
@@ -189,8 +206,8 @@ export function render({ model }) {
       const t2 = performance.now();
       root.dataset.drawn = String(s);
       root.dataset.image = `${W}x${H}`;
-      stats.push({ seq: s, fetch_ms: t1 - t0, paint_ms: t2 - t1, bytes: buf.byteLength,
-                   server: r.headers.get('Server-Timing') || '' });
+      stats.push({ seq: s, t0, fetch_ms: t1 - t0, headers_ms: th - t0, body_ms: t1 - th, paint_ms: t2 - t1,
+                   bytes: buf.byteLength, server: r.headers.get('Server-Timing') || '' });
       if (stats.length > 50) stats.shift();
     } catch (err) {
       console.warn('klustr map: picture failed', err);
