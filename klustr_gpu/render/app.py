@@ -81,7 +81,17 @@ class MapApp:
             from .similar import shared
             similar = shared(project, data)
         self.similar = similar
+        self._chosen: list[str] = []
+        self._text = ""
+        self._make_map()
+        self._make_filters(pn)
+        self._make_exports(pn)
+        self.layout = self._make_layout(pn)
+        self._forget_on_close(pn)
 
+    def _make_map(self) -> None:
+        """The map (its pictures: this session's :class:`.mapview.ViewState`) and the sound panel."""
+        data = self.data
         self.raster = base_raster(data)
         self.view = ViewState(Layers(self.raster))
         REGISTRY.add(self.view)
@@ -96,6 +106,7 @@ class MapApp:
         self.sound.on_msg(lambda event: self._on_sound_msg(event.data))
         self.sound.param.watch(self._on_mode, "mode")
 
+    def _make_filters(self, pn) -> None:
         self.w_search = pn.widgets.TextInput(name="Search file names and folders", placeholder="e.g. snare 808",
                                              sizing_mode="stretch_width")
         self.w_search.param.watch(self._on_typing, "value_input")
@@ -103,38 +114,43 @@ class MapApp:
         self.facets = Facets(options=self._facet_options(self.filter.totals), sizing_mode="stretch_width",
                              margin=(5, 10))
         self.facets.param.watch(lambda e: self.set_filter(chosen=e.new), "value")
-        self._chosen: list[str] = []
-        self._text = ""
-
         self.title = pn.pane.HTML(self._title_html(), sizing_mode="stretch_width", margin=(0, 10))
         self.status = pn.pane.HTML(self._status_html(), sizing_mode="stretch_width")
+
+    def _make_exports(self, pn) -> None:
         self.w_clear = pn.widgets.Button(name="Clear", button_type="default", width=70)
         self.w_clear.on_click(lambda _e: self.clear_selection())
         self.w_csv = pn.widgets.Button(name="CSV", width=60)
         self.w_csv.on_click(lambda _e: self.export("csv"))
         self.w_m3u = pn.widgets.Button(name="M3U", width=60)
         self.w_m3u.on_click(lambda _e: self.export("m3u"))
-        default_folder = str((project.path / "exports" / "selection") if project else "selection")
+        default_folder = str((self.project.path / "exports" / "selection") if self.project else "selection")
         self.w_folder = pn.widgets.TextInput(name="Copy files to folder", value=default_folder,
                                              sizing_mode="stretch_width")
         self.w_copy = pn.widgets.Button(name="Copy files", button_type="primary", width=90, align="end")
         self.w_copy.on_click(self._on_copy)
         self.export_msg = pn.pane.HTML("", sizing_mode="stretch_width")
         self.table = self._make_table(pn)
+
+    def _make_layout(self, pn):
+        """The map with its title on the left; on the right, from the top: search, colours,
+        status, exports (always in view), the sound and its similar sounds, the selection table."""
+        def heading(text: str):
+            return pn.pane.HTML(f"<h4 style='margin:4px 0'>{text}</h4>", margin=(0, 10))
+
         side = pn.Column(
             self.w_search,
-            pn.pane.HTML(f"<b>Colour: {esc(data.by)}</b> <small>(tick to show only those)</small>",
+            pn.pane.HTML(f"<b>Colour: {esc(self.data.by)}</b> <small>(tick to show only those)</small>",
                          margin=(0, 10)),
             self.facets, self.status,
             pn.Row(self.w_clear, self.w_csv, self.w_m3u),
             pn.Row(self.w_folder, self.w_copy), self.export_msg,
-            pn.pane.HTML("<h4 style='margin:4px 0'>Now playing</h4>", margin=(0, 10)), self.sound,
-            pn.pane.HTML("<h4 style='margin:4px 0'>Selection</h4>", margin=(0, 10)), self.table,
+            heading("Now playing"), self.sound,
+            heading("Selection"), self.table,
             width=SIDE_WIDTH, scroll=True, sizing_mode="stretch_height",
         )
         main = pn.Column(self.title, self.canvas, sizing_mode="stretch_both")
-        self.layout = pn.Row(main, side, sizing_mode="stretch_both", name="klustr_gpu map")
-        self._forget_on_close(pn)
+        return pn.Row(main, side, sizing_mode="stretch_both", name="klustr_gpu map")
 
     @classmethod
     def from_project(cls, project: Project, *, embedding: str | None = None,

@@ -23,7 +23,6 @@ import re
 import secrets
 import threading
 import time
-import warnings
 import weakref
 import zlib
 from concurrent.futures import ThreadPoolExecutor
