@@ -1,17 +1,20 @@
 """Zoom and pan as a person feels them: time from one wheel notch (or the end of a pan) to the
 sharp picture, measured in headless Chromium by polling the map's canvas.
 
-    .venv/bin/python benchmarks/zoom.py [--points 1000000] [--repeat 15] [--dpr 1]
-                                        [--peer /path/to/other/checkout] [--json out.json]
+    .venv/bin/python benchmarks/zoom.py [--points 1000000] [--repeat 15] [--dpr 1] [--quick]
+                                        [--peer /path/to/other/checkout] [--no-plot-peer]
+                                        [--json benchmarks/out/zoom.json]
 
 The project: the demo corpus (200 files, seed 0) scanned, and a frame-mode embedding of
 ``--points`` points (5,000 frames per file) laid out as 48 anisotropic clusters of Zipf-like
 sizes over 5 % background, coloured by the files' 7 labels; built once under
 ``~/.cache/klustr_gpu/bench/zoom<N>``.
 
-Each app is served in its own process (``klustr_gpu.render.serve`` of this checkout, then of
-``--peer``, e.g. the main branch before this work: the same project, one after the other, never
-together) and driven by Playwright in a 1400x900 page (``--dpr`` device pixels per CSS pixel).
+Each app is served in its own process, one after the other (never together), on the same
+project: ``klustr serve`` of this checkout; the peer, ``klustr_gpu.plot(project)`` (HoloViews'
+datashaded DynamicMap on a Bokeh plot: the map of the app before issue 15, which re-renders after
+Bokeh's 500 ms level-of-detail timeout) served by Panel; and with ``--peer CHECKOUT`` that
+checkout's ``klustr serve`` (e.g. the main branch before this work). Each is driven by Playwright in a 1400x900 page (``--dpr`` device pixels per CSS pixel).
 The largest canvas in the page (shadow roots included) is polled every few milliseconds: a hash
 of its pixels with a timestamp on the page's clock. After one wheel notch at a point of the map
 (zooming in and out in turn) or a drag of 160 px in 8 steps, the page is left alone until the
@@ -153,9 +156,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(checkout: Path, project: Path, logfile: Path) -> tuple[subprocess.Popen, int]:
+PLOT_APP = """
+import panel as pn
+import klustr_gpu.render as r
+pn.serve(r.plot({project!r}), port={port}, address="127.0.0.1", show=False, websocket_origin=["127.0.0.1:{port}"])
+"""
+
+
+def start_server(checkout: Path, project: Path, logfile: Path, *, plot: bool = False) -> tuple[subprocess.Popen, int]:
     port = free_port()
-    code = f"import klustr_gpu.render as r; r.serve({str(project)!r}, port={port})"
+    code = (PLOT_APP.format(project=str(project), port=port) if plot
+            else f"import klustr_gpu.render as r; r.serve({str(project)!r}, port={port})")
     env = dict(os.environ, PYTHONPATH=str(checkout), PYTHONUNBUFFERED="1")
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=open(logfile, "wb"), stderr=subprocess.STDOUT,
                             env=env, cwd=str(checkout))
@@ -287,20 +298,30 @@ def main(argv=None) -> int:
     ap.add_argument("--points", type=int, default=1_000_000)
     ap.add_argument("--repeat", type=int, default=15)
     ap.add_argument("--dpr", type=float, default=1.0)
-    ap.add_argument("--peer", type=Path, default=None, help="another checkout to measure in the same run")
-    ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--peer", type=Path, default=None, help="another checkout's `klustr serve` to measure in the same run")
+    ap.add_argument("--no-plot-peer", action="store_true",
+                    help="skip the HoloViews peer (klustr_gpu.plot served by Panel: the earlier app's map)")
+    ap.add_argument("--quick", action="store_true", help="200,000 points, 5 notches and pans")
+    ap.add_argument("--json", type=Path, default=REPO / "benchmarks" / "out" / "zoom.json")
     args = ap.parse_args(argv)
+    if args.quick:
+        args.points, args.repeat = 200_000, 5
     from playwright.sync_api import sync_playwright
 
     project = build_project(args.points)
     out_dir = REPO / "benchmarks" / "out"
     out_dir.mkdir(exist_ok=True)
-    apps = [("klustr (this checkout)", REPO)] + ([("peer: " + str(args.peer), args.peer)] if args.peer else [])
+    apps = [("klustr serve (this checkout)", REPO, False)]
+    if not args.no_plot_peer:
+        apps.append(("HoloViews datashade + Bokeh (klustr_gpu.plot, the earlier app's map)", REPO, True))
+    if args.peer:
+        apps.append((f"klustr serve of {args.peer}", args.peer, False))
     results = {"points": args.points, "dpr": args.dpr, "loadavg_before": os.getloadavg(), "apps": []}
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
-        for name, checkout in apps:
-            proc, port = start_server(checkout, project, out_dir / f"zoom-server-{len(results['apps'])}.log")
+        for name, checkout, plot in apps:
+            proc, port = start_server(checkout, project, out_dir / f"zoom-server-{len(results['apps'])}.log",
+                                      plot=plot)
             try:
                 log(f"{name}: serving on {port}")
                 r = drive(f"http://127.0.0.1:{port}/", args.repeat, args.dpr, browser)
@@ -325,6 +346,11 @@ def main(argv=None) -> int:
     for r in results["apps"]:
         print(f"| {r['app']} | {fmt(r['zoom_sharp_s'])} | {fmt(r['pan_sharp_s'])} | "
               f"{fmt(r['zoom_first_s'])} / {fmt(r['pan_first_s'])} | {r['canvas_px'][0]}x{r['canvas_px'][1]} |")
+    ours = results["apps"][0]
+    for r in results["apps"][1:]:
+        if None not in (r["zoom_sharp_s"], r["pan_sharp_s"], ours["zoom_sharp_s"], ours["pan_sharp_s"]):
+            print(f"\nagainst {r['app']}: wheel notch {r['zoom_sharp_s'] / ours['zoom_sharp_s']:.1f}x, "
+                  f"pan {r['pan_sharp_s'] / ours['pan_sharp_s']:.1f}x sooner sharp")
     for r in results["apps"]:
         if r.get("breakdown"):
             print(f"\nwhere a picture's time goes ({r['app']}, medians over {r['breakdown']['n']} pictures): "

@@ -159,12 +159,11 @@ export function render({ model }) {
     tip.style.top = Math.max(py - 30, 0) + 'px';
   }
 
-  function showHint(empty) {
-    if (empty) {
-      hint.textContent = 'No points in this view: zoom out or press Reset view.';
-      hint.style.display = 'block';
-    } else hint.style.display = 'none';
+  function showHint(text) {
+    hint.textContent = text || '';
+    hint.style.display = text ? 'block' : 'none';
   }
+  const EMPTY = 'No points in this view: zoom out or press Reset view.';
 
   // -- pictures --------------------------------------------------------------------------------
   function requestKey() {
@@ -189,6 +188,7 @@ export function render({ model }) {
     const q = `x0=${v.x0}&x1=${v.x1}&y0=${v.y0}&y1=${v.y1}&w=${W}&h=${H}`;
     try {
       const r = await fetch(`${model.src}/${s}?${q}`, { cache: 'no-store' });
+      if (r.status === 404) { showHint('This map has closed on the server: reload the page.'); return; }
       if (r.status !== 200) return;
       const th = performance.now();
       const buf = await r.arrayBuffer();
@@ -202,7 +202,7 @@ export function render({ model }) {
       drawnSeq = s;
       img = { bmp, x0: v.x0, x1: v.x1, y0: v.y0, y1: v.y1, w: W, h: H, seq: s };
       draw();
-      showHint(r.headers.get('X-Klustr-Empty') === '1');
+      showHint(r.headers.get('X-Klustr-Empty') === '1' ? EMPTY : '');
       const t2 = performance.now();
       root.dataset.drawn = String(s);
       root.dataset.image = `${W}x${H}`;
@@ -210,6 +210,7 @@ export function render({ model }) {
                    bytes: buf.byteLength, server: r.headers.get('Server-Timing') || '' });
       if (stats.length > 50) stats.shift();
     } catch (err) {
+      showHint('The server does not answer: is klustr serve still running?');
       console.warn('klustr map: picture failed', err);
     } finally {
       inflight--;

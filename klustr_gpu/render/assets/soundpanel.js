@@ -45,7 +45,7 @@ function installDrag() {
 function typing(e) {
   const t = e.composedPath()[0];
   if (!t || !t.tagName) return false;
-  return ['INPUT', 'TEXTAREA', 'SELECT'].includes(t.tagName) || t.isContentEditable;
+  return ['INPUT', 'TEXTAREA', 'SELECT', 'BUTTON', 'A'].includes(t.tagName) || t.isContentEditable;
 }
 
 export function render({ model }) {
