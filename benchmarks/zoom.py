@@ -11,9 +11,9 @@ sizes over 5 % background, coloured by the files' 7 labels; built once under
 ``~/.cache/klustr_gpu/bench/zoom<N>``.
 
 Each app is served in its own process, one after the other (never together), on the same
-project: ``klustr serve`` of this checkout; the peer, ``klustr_gpu.plot(project)`` (HoloViews'
-datashaded DynamicMap on a Bokeh plot: the map of the app before issue 15, which re-renders after
-Bokeh's 500 ms level-of-detail timeout) served by Panel; and with ``--peer CHECKOUT`` that
+project: ``klustr serve`` of this checkout; the peer, the map of the app before issue 15
+(``views.fast_raster``: a HoloViews DynamicMap re-rasterising on Bokeh's range and size streams,
+which Bokeh fires after its 500 ms level-of-detail timeout) at the new map's size, served by Panel; and with ``--peer CHECKOUT`` that
 checkout's ``klustr serve`` (e.g. the main branch before this work). Each is driven by Playwright in a 1400x900 page (``--dpr`` device pixels per CSS pixel).
 The largest canvas in the page (shadow roots included) is polled every few milliseconds: a hash
 of its pixels with a timestamp on the page's clock. After one wheel notch at a point of the map
@@ -158,8 +158,11 @@ def free_port() -> int:
 
 PLOT_APP = """
 import panel as pn
-import klustr_gpu.render as r
-pn.serve(r.plot({project!r}), port={port}, address="127.0.0.1", show=False, websocket_origin=["127.0.0.1:{port}"])
+from klustr_gpu.render.data import load_map
+from klustr_gpu.render.views import fast_raster, style
+data = load_map({project!r})
+plot = style(fast_raster(data), data, hover=False).opts(responsive=False, width=1020, height=884)
+pn.serve(plot, port={port}, address="127.0.0.1", show=False, websocket_origin=["127.0.0.1:{port}"])
 """
 
 
@@ -300,7 +303,7 @@ def main(argv=None) -> int:
     ap.add_argument("--dpr", type=float, default=1.0)
     ap.add_argument("--peer", type=Path, default=None, help="another checkout's `klustr serve` to measure in the same run")
     ap.add_argument("--no-plot-peer", action="store_true",
-                    help="skip the HoloViews peer (klustr_gpu.plot served by Panel: the earlier app's map)")
+                    help="skip the peer: the earlier app's map (views.fast_raster on a Bokeh plot) served by Panel")
     ap.add_argument("--quick", action="store_true", help="200,000 points, 5 notches and pans")
     ap.add_argument("--json", type=Path, default=REPO / "benchmarks" / "out" / "zoom.json")
     args = ap.parse_args(argv)
@@ -313,7 +316,7 @@ def main(argv=None) -> int:
     out_dir.mkdir(exist_ok=True)
     apps = [("klustr serve (this checkout)", REPO, False)]
     if not args.no_plot_peer:
-        apps.append(("HoloViews datashade + Bokeh (klustr_gpu.plot, the earlier app's map)", REPO, True))
+        apps.append(("the earlier app's map (HoloViews DynamicMap on Bokeh, views.fast_raster)", REPO, True))
     if args.peer:
         apps.append((f"klustr serve of {args.peer}", args.peer, False))
     results = {"points": args.points, "dpr": args.dpr, "loadavg_before": os.getloadavg(), "apps": []}
