@@ -291,12 +291,12 @@ import logging
 logging.basicConfig(level=logging.WARNING)
 from klustr_gpu.config import Config
 from klustr_gpu.reduce import fit_embedding, preprocess
-from klustr_gpu.reduce.embed import _method_params
+from klustr_gpu.reduce.embed import method_params
 X, labels = synthetic(n)
 r = Config().reduce
 t = time.perf_counter()
 Xp = preprocess(X, standardize=True, pca_components=r.pca_components)
-Y = fit_embedding(Xp, method, engine=engine, seed=0, **_method_params(r))
+Y = fit_embedding(Xp, method, engine=engine, seed=0, **method_params(r, method))
 sec = time.perf_counter() - t
 acc = knn_accuracy(Y, labels)
 fig = {"engine": engine, "method": method, "points": n, "seconds": round(sec, 2), "accuracy_10nn": acc,

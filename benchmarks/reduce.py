@@ -82,13 +82,13 @@ def _scale_worker(method: str, n: int, out: str, engine: str = "auto") -> None:
     logging.basicConfig(level=logging.INFO, format="%(relativeCreated)8.0f ms %(name)s: %(message)s")
     from klustr_gpu.config import Config
     from klustr_gpu.reduce import fit_embedding, preprocess
-    from klustr_gpu.reduce.embed import _method_params
+    from klustr_gpu.reduce.embed import method_params
 
     X, labels = _synthetic(n)
     r = Config().reduce
     t1 = time.perf_counter()
     Xp = preprocess(X, standardize=True, pca_components=r.pca_components)
-    Y = fit_embedding(Xp, method, engine=engine, **_method_params(r))
+    Y = fit_embedding(Xp, method, engine=engine, **method_params(r, method))
     seconds = time.perf_counter() - t1
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     sub = np.random.default_rng(1).choice(n, size=min(n, 20000), replace=False)

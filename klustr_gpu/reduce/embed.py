@@ -15,21 +15,12 @@ from ..config import Config, ReduceConfig
 from ..errors import UsageError
 from ..store import Project
 from .base import MIN_POINTS
-from .engines import METHODS, ENGINES, accepted, make_reducer, resolve_engine
+from .engines import check_method, make_reducer, resolve_engine
 from .neighbours import cached_knn
-from .pca import check_features, preprocess
+from .pca import preprocess
+from .validate import check_features, check_knn
 
 log = logging.getLogger(__name__)
-
-_RUN_PARAMS = ("sample_threshold", "sample_size", "transform_batch", "progress", "client")
-
-
-def _known_params() -> set[str]:
-    names: set[str] = set()
-    for table in ENGINES.values():
-        for cls in table.values():
-            names |= accepted(cls)
-    return names | {"seed"}
 
 
 def _transform_rows(reducer, X: np.ndarray, batch: int) -> np.ndarray:
@@ -76,50 +67,47 @@ def _sample_fit(reducer, X: np.ndarray, size: int, seed: int, batch: int, progre
     return Y
 
 
-def fit_embedding(X, method: str, *, engine: str = "auto", knn=None, seed: int = 0, **params) -> np.ndarray:
+def fit_embedding(X, method: str, *, engine: str = "auto", knn=None, seed: int = 0,
+                  sample_threshold: int | None = None, sample_size: int = 100_000, transform_batch: int = 100_000,
+                  progress: bool = False, client=None, **params) -> np.ndarray:
     """Coordinates ``[n, 2]`` (float32) of the rows of ``X [n, d]`` by ``method``.
 
     ``knn=(indices, distances)`` from :func:`knn_graph` on the same ``X`` (self excluded, any
     ``k`` at least what the run needs: 3 x perplexity for t-SNE, n_neighbors - 1 for UMAP) is
     reused by the cpu engine and ignored by the GPU engines, which build their own.
-    ``params``: estimator arguments (``n_neighbors``, ``min_dist``, ``metric``, ``perplexity``,
-    ``n_iter``, ``n_epochs``, ...; those of another method are ignored) and
-    ``sample_threshold`` / ``sample_size`` / ``transform_batch`` (above ``sample_threshold``
-    points, fit on ``sample_size`` of them and place the rest with ``transform``, in batches,
-    with a progress bar if ``progress=True``; with ``client``, a ``distributed.Client``, the
-    batches are placed on its workers).
+    ``params``: the arguments of ``method``'s estimator on that engine (``n_neighbors``,
+    ``min_dist``, ``metric``, ``n_epochs`` for UMAP; ``perplexity``, ``n_iter``, ``metric`` for
+    t-SNE; see :func:`method_params`); one it does not take is a :class:`UsageError` naming it.
+    Above ``sample_threshold`` points, fit on ``sample_size`` of them and place the rest with
+    ``transform``, in batches of ``transform_batch`` (a progress bar if ``progress``; with
+    ``client``, a ``distributed.Client``, the batches are placed on its workers).
     """
     X = check_features(X, allow_no_columns=True)
-    if method not in METHODS:
-        raise UsageError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
-    unknown = set(params) - _known_params() - set(_RUN_PARAMS)
-    if unknown:
-        raise UsageError(f"unknown reduction parameter(s): {', '.join(sorted(unknown))}")
-    threshold = params.pop("sample_threshold", None)
-    size = params.pop("sample_size", 100_000)
-    batch = params.pop("transform_batch", 100_000)
-    progress = params.pop("progress", False)
-    client = params.pop("client", None)
+    check_method(method)
     resolved = resolve_engine(engine)
-    cls = ENGINES[resolved][method]
-    reducer = make_reducer(method, resolved, random_state=seed,
-                           **{k: v for k, v in params.items() if k in accepted(cls)})
+    reducer = make_reducer(method, resolved, random_state=seed, **params)
     n = X.shape[0]
-    if knn is not None and np.asarray(knn[0]).shape[0] != n:
-        raise UsageError(f"the neighbour graph has {np.asarray(knn[0]).shape[0]} rows; X has {n}")
-    if method != "pca" and threshold and n > threshold and n > size:
-        return _sample_fit(reducer, X, size, seed, batch, progress, client)
+    if knn is not None:
+        check_knn(knn, n=n)
+    if method != "pca" and sample_threshold and n > sample_threshold and n > sample_size:
+        return _sample_fit(reducer, X, sample_size, seed, transform_batch, progress, client)
     if method == "pca" or resolved != "cpu":
         knn = None
     return reducer.fit(X, knn=knn).embedding_
 
 
 # -- the project-level entry point ---------------------------------------------------------------
-def _method_params(r: ReduceConfig) -> dict[str, Any]:
-    return dict(n_neighbors=r.n_neighbors, min_dist=r.min_dist, metric=r.metric,
-                perplexity=r.perplexity, n_iter=r.tsne_iterations, n_epochs=r.umap_epochs or None,
-                sample_threshold=r.sample_threshold, sample_size=r.sample_size,
-                transform_batch=r.transform_batch)
+def method_params(r: ReduceConfig, method: str | None = None) -> dict[str, Any]:
+    """The arguments of :func:`fit_embedding` for ``method`` (default ``r.method``) from the
+    ``[reduce]`` settings: its estimator's parameters and the sampling ones."""
+    method = check_method(method or r.method)
+    run = dict(sample_threshold=r.sample_threshold, sample_size=r.sample_size, transform_batch=r.transform_batch)
+    if method == "umap":
+        return dict(n_neighbors=r.n_neighbors, min_dist=r.min_dist, metric=r.metric,
+                    n_epochs=r.umap_epochs or None, **run)
+    if method == "tsne":
+        return dict(perplexity=r.perplexity, n_iter=r.tsne_iterations, metric=r.metric, **run)
+    return run
 
 
 def feature_clusters(Xp: np.ndarray, k: int, *, seed: int = 0) -> np.ndarray:
@@ -217,7 +205,7 @@ def embed(project, config: Config | None = None, *, method: str | None = None, f
         table = load(proj, name=r.features)
         t0 = time.perf_counter()
         pca_k = r.pca_components if (r.method == "umap" or (r.method == "tsne" and r.pca_before_tsne)) else 0
-        Xp = preprocess(table.X, standardize=r.standardize, pca_components=pca_k, seed=cfg.seed)
+        Xp = preprocess(table.X, standardize=r.standardize, pca_components=pca_k)
         n = Xp.shape[0]
         knn = None
         if (resolved == "cpu" and r.method != "pca" and r.cache_neighbours and Xp.shape[1] > 0
@@ -227,7 +215,7 @@ def embed(project, config: Config | None = None, *, method: str | None = None, f
         sampled = r.method != "pca" and r.sample_threshold and n > r.sample_threshold and n > r.sample_size
         with _client(cluster if sampled else None) as client:
             Y = fit_embedding(Xp, r.method, engine=resolved, knn=knn, seed=cfg.seed, progress=progress,
-                              client=client, **_method_params(r))
+                              client=client, **method_params(r))
         seconds = time.perf_counter() - t0
         df = pd.DataFrame({"id": table.ids, "file_id": table.file_ids,
                            "start": np.asarray(table.starts, dtype=np.float64),

@@ -134,7 +134,7 @@ def _prepare(table, labels, runs: list[Run], cfg: Config, engine: str) -> _Prepa
         pc = _pca_for(run.method, cfg)
         if pc not in prep.views:
             prep.views[pc] = reduce.preprocess(prep.X, standardize=cfg.reduce.standardize,
-                                               pca_components=pc, seed=cfg.seed)
+                                               pca_components=pc)
     kmax: dict[int, int] = {}
     for run in runs:
         pc = _pca_for(run.method, cfg)

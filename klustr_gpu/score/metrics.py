@@ -33,6 +33,8 @@ from typing import Any, Sequence
 import numpy as np
 from pandas import NA as _NA
 
+from ..runtime import torch_device
+
 __all__ = [
     "clean_labels", "sample_indices", "standardize",
     "silhouette", "polsby_popper", "class_hulls", "roundness", "overlap_2017", "final_2017",
@@ -299,13 +301,6 @@ def kmeans_scores(X: np.ndarray, labels, *, seed: int = 0, sample: int | None = 
     return {"homogeneity": float(h), "completeness": float(c), "v_measure": float(v)}
 
 
-def _device():
-    """CUDA when torch sees a GPU, else the CPU: the O(n^2) rank counting runs there."""
-    import torch
-
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 def _rank_of(X: np.ndarray, rows: np.ndarray, targets: np.ndarray, chunk: int = 512) -> np.ndarray:
     """For each row i and target j (``targets [n, k]``): 1-based rank of j among the distances from
     i to every other point of ``X`` (Euclidean; ties in index order, as scikit-learn's argsort).
@@ -313,7 +308,7 @@ def _rank_of(X: np.ndarray, rows: np.ndarray, targets: np.ndarray, chunk: int = 
     Torch, in float64, on the GPU when there is one; O(chunk * n) memory."""
     import torch
 
-    dev = _device()
+    dev = torch_device("auto")          # the O(n^2) rank counting runs on a GPU when there is one
     T = torch.as_tensor(np.asarray(X, dtype=np.float64), device=dev)
     sq = (T * T).sum(dim=1)
     tg = torch.as_tensor(np.asarray(targets, dtype=np.int64), device=dev)
