@@ -74,14 +74,16 @@ def way_2017(paths: list[Path], cfg: Config) -> int:
 
 def decode_only(project: Project, cfg: Config) -> int:
     """(c): the extract pipeline's decoding (same worker pool, same tasks), no features."""
-    from klustr_gpu.features import pipeline as P
+    from klustr_gpu.features import decode as D, run as R
+    from klustr_gpu.features.plan import Layout
 
-    layout = P.Layout.from_manifest(project, project.read_manifest(), cfg, False)
+    layout = Layout.from_manifest(project, project.read_manifest(), cfg, False)
     need = np.flatnonzero(layout.ok[layout.unit_pos])
-    workers = 0 if len(need) < P.IN_PROCESS_BELOW else P.resolve_workers(cfg.features.workers)   # as extract does
+    workers = 0 if len(need) < R.IN_PROCESS_BELOW else R.resolve_workers(cfg.features.workers)   # as the stage does
     n = 0
-    with P.main_threads(workers):
-        for _ in P._ordered(P._pack(P._items(layout, need), None, P.TASK_WINDOWS_COMPUTE), cfg.audio, None, workers):
+    with R.main_threads(workers):
+        tasks = D.pack(layout.items(need), None, R.TASK_WINDOWS_COMPUTE)
+        for _ in D.ordered(tasks, D.decode_task, (cfg.audio, None), workers):
             n += 1
     return n
 

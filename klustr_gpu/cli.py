@@ -311,7 +311,7 @@ def run_features(args: argparse.Namespace) -> int:
                                   "window": "features.window", "hop": "features.hop",
                                   "cluster": "features.cluster"}, write=False)
     summary = extract(proj, cfg, progress=not args.quiet)
-    _print_json(summary)
+    _print_json(summary.to_dict())
     return 0
 
 

@@ -46,7 +46,7 @@ def run_map(
     Returns a summary: files ok / skipped (by reason), seconds per stage, output paths.
     """
     from .features import extract
-    from .features.pipeline import resolve_device
+    from .runtime import torch_device as resolve_device
     from .library.scan import scan
     from .reduce import embed, resolve_engine
     from .render import render

@@ -82,7 +82,7 @@ def _same(proj, reference):
         got = load(proj, s)
         assert np.array_equal(got.X, tables[s].X), s
         assert list(got.ids) == list(tables[s].ids)
-        assert got.X.shape[0] == summary[s]["n_rows"]
+        assert got.X.shape[0] == summary.sets[s].n_rows
 
 
 def test_local_cluster_equals_in_process(demo_project, tmp_path, client, reference):
@@ -92,11 +92,11 @@ def test_local_cluster_equals_in_process(demo_project, tmp_path, client, referen
     summary = extract(proj, sets=SETS, cluster=client, progress=False)
     _same(proj, reference)
     ref = reference[0]
-    assert summary["skipped"] == ref["skipped"]
+    assert summary.skipped == ref.skipped
     for s in SETS:
-        assert summary[s]["computed"] == ref[s]["computed"] and summary[s]["n_rows"] == ref[s]["n_rows"]
+        assert summary.sets[s].computed == ref.sets[s].computed and summary.sets[s].n_rows == ref.sets[s].n_rows
     again = extract(proj, sets=SETS, cluster=client, progress=False)       # complete: nothing to do
-    assert all(again[s]["computed"] == 0 for s in SETS)
+    assert all(again.sets[s].computed == 0 for s in SETS)
 
 
 def test_killed_worker_still_complete_and_identical(demo_project, tmp_path, client, reference):
@@ -111,7 +111,7 @@ def test_killed_worker_still_complete_and_identical(demo_project, tmp_path, clie
                       silence_logs=logging.CRITICAL) as cluster, Client(cluster) as c:
         pids = c.run(os.getpid)                     # {worker address: pid}
         killed = []
-        real = dist._commit
+        real = dist.commit_clips
 
         def commit_then_kill(res, active):
             real(res, active)
@@ -121,11 +121,11 @@ def test_killed_worker_still_complete_and_identical(demo_project, tmp_path, clie
                 os.kill(pids[busy[0]], signal.SIGKILL)
                 killed.append(busy[0])
 
-        dist._commit = commit_then_kill
+        dist.commit_clips = commit_then_kill
         try:
             extract(proj, sets=SETS, cluster=c, progress=False)
         finally:
-            dist._commit = real
+            dist.commit_clips = real
     assert killed
     _same(proj, reference)
 
@@ -213,14 +213,14 @@ def test_frame_mode_on_cluster_equals_in_process(long_project, tmp_path, client)
     dask = _frame_copy(long_project, tmp_path, "dask")
     want = extract(ref, sets=SETS, progress=False, **FRAMES)
     got = extract(dask, sets=SETS, cluster=client, progress=False, **FRAMES)
-    assert got["frames"] and got["skipped"] == want["skipped"] and len(got["skipped"]) == 1
+    assert got.frames and got.skipped == want.skipped and len(got.skipped) == 1
     for s in SETS:
-        assert got[s]["computed"] == want[s]["computed"] and got[s]["n_rows"] == want[s]["n_rows"] == 47 + 27 + 1
+        assert got.sets[s].computed == want.sets[s].computed and got.sets[s].n_rows == want.sets[s].n_rows == 47 + 27 + 1
         a, b = load(ref, s, frames=True), load(dask, s, frames=True)
         assert list(b.ids) == list(a.ids) and np.array_equal(b.starts, a.starts)
         assert np.array_equal(b.X, a.X), s
     again = extract(dask, sets=SETS, cluster=client, progress=False, **FRAMES)     # complete: nothing to do
-    assert all(again[s]["computed"] == 0 for s in SETS)
+    assert all(again.sets[s].computed == 0 for s in SETS)
 
 
 @pytest.mark.parametrize("method", ["umap", "tsne"])
@@ -237,11 +237,11 @@ def test_sampled_embedding_placed_on_workers_equals_in_process(client, method):
 
 
 def test_workers_that_cannot_see_the_project_are_a_clear_error(client, tmp_path):
-    from klustr_gpu.features.distributed import _check_workers_see
+    from klustr_gpu.cluster import check_workers_see
 
-    _check_workers_see(client, [tmp_path])
+    check_workers_see(client, [tmp_path])
     with pytest.raises(UsageError, match="cannot see"):
-        _check_workers_see(client, [tmp_path / "elsewhere"])
+        check_workers_see(client, [tmp_path / "elsewhere"])
 
 
 # -- render --cluster ---------------------------------------------------------------------------

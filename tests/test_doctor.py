@@ -105,7 +105,7 @@ def test_stale_features_and_embedding_after_rescan(base, tmp_path):
     msg = one(f, "error", "features mfcc")
     assert "out of date" in msg and "klustr features" in msg and not healthy(f)
     summary = extract(p, CFG, progress=False)
-    assert summary["mfcc"]["computed"] == 3 and summary["mfcc"]["reused"] == 28
+    assert summary.sets["mfcc"].computed == 3 and summary.sets["mfcc"].reused == 28
     f = check(p)
     assert healthy(f)
     msg = one(f, "warn", "embedding mfcc-pca is older than its features")

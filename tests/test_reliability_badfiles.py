@@ -65,10 +65,11 @@ def test_random_corruption_gives_a_clip_or_a_reason(originals, tmp_path, name, e
         t0 = time.monotonic()
         result = _scan_then_decode(path)
         # what a features worker does with it (frame mode too): a row or a reason, never a raise
-        from klustr_gpu.features.pipeline import Item, decode_task
+        from klustr_gpu.features.decode import Item, decode_task
 
         for frames in (None, (0.1, 0.05)):
-            [(_, rows, reason)] = decode_task([Item(0, str(path), 0, 2)], AUDIO, frames)
+            [got] = decode_task([Item(0, str(path), 0, 2)], AUDIO, frames)
+            rows, reason = got.windows, got.reason
             assert (rows is None) != (reason is None)
             assert rows is None or np.isfinite(rows).all()
         assert time.monotonic() - t0 < HANG_S
@@ -128,7 +129,7 @@ def test_files_changing_or_vanishing_after_scan_are_skipped(tmp_path):
         assert reason in man.loc[rel, "reason"] and man.loc[rel, "reason"], (rel, man.loc[rel, "reason"])
     table = load(proj, "mfcc")
     assert sorted(table.file_ids) == sorted(man[man.status == "ok"].id)
-    assert len(table) == 12 - len(expect) and summary["mfcc"]["computed"] == 12 - len(expect)
+    assert len(table) == 12 - len(expect) and summary.sets["mfcc"].computed == 12 - len(expect)
 
 
 HANG_SCRIPT = r"""
@@ -145,7 +146,7 @@ def decode(path, *a, **kw):             # one file whose decode never returns (a
     return real(path, *a, **kw)
 D.decode = decode
 cfg = Config().updated({"features.sets": ["mfcc"], "features.device": "cpu"})
-importlib.import_module("klustr_gpu.features.pipeline").DECODE_TIMEOUT_S = 5
+importlib.import_module("klustr_gpu.features.decode").DECODE_TIMEOUT_S = 5
 extract(Project(sys.argv[1]), cfg, progress=False)
 """
 
@@ -169,13 +170,13 @@ def test_a_hanging_decode_is_skipped_not_waited_for(tmp_path):
 
 def test_a_hanging_decode_in_a_worker_thread_is_skipped_not_waited_for(tmp_path, monkeypatch):
     """Dask workers decode in threads, where SIGALRM cannot reach: the decode Dask's shard task
-    runs (``pipeline._ordered(..., workers=0)``), called from a non-main thread, still gives up on
+    runs (``decode.ordered(..., workers=0)``), called from a non-main thread, still gives up on
     a hanging file after ``DECODE_TIMEOUT_S`` with the timeout reason; the good files decode, a
     vanished one keeps its own reason."""
     import importlib
     import threading
 
-    from klustr_gpu.features import pipeline
+    from klustr_gpu.features import decode as pipeline
 
     D = importlib.import_module("klustr_gpu.library.decode")   # the module (the package exports the function)
 
@@ -198,7 +199,7 @@ def test_a_hanging_decode_in_a_worker_thread_is_skipped_not_waited_for(tmp_path,
 
     def worker():                        # what distributed.shard_task does, in a worker's thread
         t0 = time.monotonic()
-        got["out"] = list(pipeline._ordered(tasks, AUDIO, None, 0))
+        got["out"] = list(pipeline.ordered(tasks, pipeline.decode_task, (AUDIO, None), 0))
         got["seconds"] = time.monotonic() - t0
 
     th = threading.Thread(target=worker, name="not-main")
@@ -208,7 +209,7 @@ def test_a_hanging_decode_in_a_worker_thread_is_skipped_not_waited_for(tmp_path,
         assert not th.is_alive(), "the decode in a worker thread waited for a hanging file"
     finally:
         release.set()
-    out = {Path(it.path).name: (x, reason) for it, x, reason in got["out"]}
+    out = {Path(d.item.path).name: (d.windows, d.reason) for d in got["out"]}
     assert list(out) == [Path(p).name for p in paths]
     assert out["s03.wav"][0] is None and out["s03.wav"][1] == "decode timed out after 0.5 s"
     assert out["gone.wav"][0] is None and "vanished" in out["gone.wav"][1]
@@ -230,7 +231,7 @@ def test_a_hanging_decode_on_a_dask_worker_is_skipped(tmp_path, monkeypatch):
 
     from distributed import Client, LocalCluster
 
-    from klustr_gpu.features import extract, load, pipeline
+    from klustr_gpu.features import decode as pipeline, extract, load
 
     lib = tmp_path / "lib"
     _small_library(lib, 8)
@@ -260,7 +261,7 @@ def test_a_hanging_decode_on_a_dask_worker_is_skipped(tmp_path, monkeypatch):
     man = proj.read_manifest().set_index("path")
     assert man.loc["s05.wav", "status"] == "skipped"
     assert man.loc["s05.wav", "reason"] == "decode timed out after 0.5 s"
-    assert list(summary["skipped"].values()) == ["decode timed out after 0.5 s"]
+    assert list(summary.skipped.values()) == ["decode timed out after 0.5 s"]
     ok = man[man.status == "ok"]
     assert len(ok) == 7 and sorted(load(proj, "mfcc").file_ids) == sorted(ok.id)
 

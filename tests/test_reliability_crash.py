@@ -131,7 +131,7 @@ def test_features_killed_anywhere_resumes_to_the_same_result(ref, tmp_path, seed
     _no_torn_files(proj)
     r = klustr("features", proj.path, "-q")
     assert r.returncode == 0, r.stderr[-3000:]
-    summary = json.loads(r.stdout)["mfcc"]
+    summary = json.loads(r.stdout)["sets"]["mfcc"]
     n = 210
     if complete:
         assert (summary["computed"], summary["reused"]) == (0, n)
@@ -254,8 +254,8 @@ def test_disk_full_during_features_then_resume(ref, tmp_path, monkeypatch):
     monkeypatch.undo()
     assert "disk full" in str(info.value) or "No space left" in str(info.value)
     done = max(g["rows_done"] for g in _ledger(proj)["gens"].values())
-    summary = extract(proj, CFG, progress=False)["mfcc"]
-    assert summary["reused"] == done and summary["computed"] == 210 - done
+    summary = extract(proj, CFG, progress=False).sets["mfcc"]
+    assert summary.reused == done and summary.computed == 210 - done
     assert np.array_equal(_features(proj), _features(ref["full"]), equal_nan=True)
 
 

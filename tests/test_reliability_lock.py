@@ -160,8 +160,8 @@ def test_two_features_runs_at_once_never_corrupt_the_store(small, tmp_path):
     want = load(Project(base), "mfcc")
     assert list(got.ids) == list(want.ids)
     np.testing.assert_allclose(got.X, want.X, rtol=1e-4, atol=1e-5)
-    again = extract(proj, CFG, progress=False)["mfcc"]
-    assert again["computed"] == 0                              # complete and consistent
+    again = extract(proj, CFG, progress=False).sets["mfcc"]
+    assert again.computed == 0                              # complete and consistent
 
 
 @pytest.mark.parametrize("args", [

@@ -71,7 +71,7 @@ def extract(project, config: Config | None = None, *, sets=None, device=None, ba
     Returns ``{set: {n_rows, dim, computed, reused, seconds}, "skipped": {id: reason},
     "device": str, "frames": bool, "seconds": float}``.
     """
-    from .pipeline import resolve_device, run
+    from ..runtime import check_cluster, torch_device, using_cluster
 
     proj = _project(project).require("manifest")
     cfg = config if config is not None else proj.load_config()
@@ -83,42 +83,31 @@ def extract(project, config: Config | None = None, *, sets=None, device=None, ba
                 value = [v.strip() for item in ([value] if isinstance(value, str) else value)
                          for v in str(item).split(",") if v.strip()]
             overrides[f"features.{key}"] = value
-    client = None
-    if cluster is not None and not isinstance(cluster, str):
-        client = cluster                                        # an existing distributed.Client
-    elif cluster is not None:
+    if isinstance(cluster, str):
         overrides["features.cluster"] = cluster
     cfg = cfg.updated(overrides) if overrides else cfg
     cfg.validate()
     if not cfg.features.sets:
         raise UsageError("no feature set given; choose from: stft, mfcc, mir, mel, timbre")
-    dev = resolve_device(cfg.features.device)
-    spec = cfg.features.cluster if client is None else "client"
-    if spec:
-        from .distributed import check_spec
-
-        check_spec(spec if client is None else "local", bool(cfg.features.frames))
+    dev = torch_device(cfg.features.device)
+    target = cluster if cluster is not None and not isinstance(cluster, str) else cfg.features.cluster
+    check_cluster(target)
     with proj.lock("features"):
         proj.write_config(cfg)
-        if spec:
-            summary = _run_on_cluster(proj, cfg, dev, client, progress)
+        if target:
+            from .distributed import run_on_cluster
+
+            with using_cluster(target) as client:
+                summary = run_on_cluster(proj, cfg, dev, client, progress=progress)
         else:
-            summary = run(proj, cfg, dev, progress=progress)
-        new = _new_skips(proj, summary["skipped"])
+            from .run import run_in_process
+
+            summary = run_in_process(proj, cfg, dev, progress=progress)
+        new = _new_skips(proj, summary.skipped)
         if new:
             proj.mark_skipped(new)
             log.warning("features: %d files could not be decoded (see manifest reasons)", len(new))
     return summary
-
-
-def _run_on_cluster(proj: Project, cfg: Config, dev, client, progress: bool) -> dict[str, Any]:
-    from ..cluster import client as open_client
-    from .distributed import run as run_distributed
-
-    if client is not None:
-        return run_distributed(proj, cfg, dev, client, progress=progress)
-    with open_client(cfg.features.cluster) as c:
-        return run_distributed(proj, cfg, dev, c, progress=progress)
 
 
 def _new_skips(proj: Project, skipped: dict[str, str]) -> dict[str, str]:
