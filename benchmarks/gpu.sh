@@ -226,7 +226,7 @@ t_corpus = time.perf_counter() - t
 import klustr_gpu as kg
 shutil.rmtree(scanned, ignore_errors=True)
 t = time.perf_counter()
-df = kg.scan(lib, scanned, labels=os.path.join(lib, "labels.csv"), progress=False)
+df = kg.scan(lib, scanned, labels=os.path.join(lib, "labels.csv"), progress=False).manifest
 ok = int((df.status == "ok").sum())
 fig = {"files": len(df), "ok": ok, "built": built, "corpus_s": round(t_corpus, 2),
        "scan_s": round(time.perf_counter() - t, 2), "library": lib}
@@ -245,14 +245,14 @@ import klustr_gpu as kg
 shutil.rmtree(dest, ignore_errors=True)
 shutil.copytree(scanned, dest)                     # manifest and klustr.toml: every feature computed
 t = time.perf_counter()
-s = kg.features(dest, sets=sets, device=device, progress=False)
+s = kg.compute_features(dest, sets=sets, device=device, progress=False)
 sec = time.perf_counter() - t
-names = [k for k, v in s.items() if isinstance(v, dict) and "computed" in v]
-clips = max(s[k]["computed"] for k in names) if names else 0
-fig = {"device": s["device"], "sets": names, "clips": clips, "seconds": round(sec, 2),
+names = list(s.sets)
+clips = max(s.sets[k].computed for k in names) if names else 0
+fig = {"device": s.device, "sets": names, "clips": clips, "seconds": round(sec, 2),
        "clips_per_s": round(clips / sec, 1) if sec else None, "gpu_peak_mib": gpu_peak_mib(),
-       "compute_s": {k: s[k]["seconds"] for k in names}}
-fig["summary"] = f"{clips:,} clips, sets {','.join(names)} on {s['device']}: {fig['clips_per_s']} clips/s"
+       "compute_s": {k: s.sets[k].seconds for k in names}}
+fig["summary"] = f"{clips:,} clips, sets {','.join(names)} on {s.device}: {fig['clips_per_s']} clips/s"
 print(fig["summary"])
 save(fig)
 PY

@@ -40,8 +40,8 @@ def _worker(case: str, project: str, out: str) -> None:
     import numpy as np
 
     if case.startswith("klustr_"):
-        from klustr_gpu.reduce import embed
-        df = embed(project, method=case.split("_")[1], features="mfcc", name="bench", progress=False)
+        from klustr_gpu import embed
+        df = embed(project, method=case.split("_")[1], features="mfcc", name="bench", progress=False).frame
         Y = df[["x", "y"]].to_numpy(np.float32)
     else:
         from klustr_gpu.features import load
@@ -103,9 +103,7 @@ def _scale_worker(method: str, n: int, out: str, engine: str = "auto") -> None:
 
 def _demo_project(n: int) -> Path:
     """A scanned demo corpus of ``n`` files with mfcc features, built once and kept."""
-    from klustr_gpu.features import extract
-    from klustr_gpu.library.democorpus import demo_corpus
-    from klustr_gpu.library.scan import scan
+    from klustr_gpu import compute_features, demo_corpus, scan
 
     root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "klustr_gpu" / "bench"
     lib, proj = root / f"demo{n}", root / f"demo{n}-project"
@@ -113,7 +111,7 @@ def _demo_project(n: int) -> Path:
         print(f"building a {n}-file demo project in {proj} (once)", file=sys.stderr, flush=True)
         demo_corpus(lib, n=n, seed=0, progress=False)
         scan(lib, proj, labels=lib / "labels.csv", progress=False)
-        extract(proj, sets=["mfcc"], progress=False)
+        compute_features(proj, sets=["mfcc"], progress=False)
     return proj
 
 

@@ -10,7 +10,7 @@ The Python API mirrors the ``klustr`` command; every stage takes a project folde
     kg.plot("proj")                     # a HoloViews object (datashaded), for notebooks
     kg.render_map("proj")               # map.png + map.html
 
-The stage functions are bound here at import, under names no subpackage has, so they work in
+Each returns a typed result (``kg.results``: ``to_dict()``, ``summary()``). The stage functions are bound here at import, under names no subpackage has, so they work in
 any call order; ``kg.features``, ``kg.render``, ``kg.score`` ... are the subpackages. Heavy
 modules (torch, umap, datashader) load on first use, not at import.
 """
@@ -20,6 +20,8 @@ import importlib
 
 from .api import (compute_features, demo_corpus, embed, grid, load_features, make_app, map, plot, project_config,
                   render_map, scan, score_maps, serve)
+from .results import (EmbedResult, FeaturesResult, GridResult, MapResult, RenderResult, ScanResult,
+                      ScoreResult)
 from .config import Config
 from .errors import EngineUnavailable, KlustrError, SkipFile, StoreError, UsageError
 from .store import Project
@@ -31,7 +33,8 @@ SUBPACKAGES = ("library", "features", "reduce", "score", "render")
 
 __all__ = ["Config", "Project", "KlustrError", "EngineUnavailable", "SkipFile", "StoreError", "UsageError",
            "scan", "compute_features", "load_features", "embed", "score_maps", "grid", "render_map", "plot",
-           "serve", "make_app", "map", "demo_corpus", "project_config", "decode"]
+           "serve", "make_app", "map", "demo_corpus", "project_config", "decode",
+           "ScanResult", "FeaturesResult", "EmbedResult", "ScoreResult", "GridResult", "RenderResult", "MapResult"]
 
 
 def __getattr__(name: str):

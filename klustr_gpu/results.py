@@ -152,12 +152,12 @@ class GridResult(Result):
     default: str | None
     scores_path: Path
     report_path: Path
-    grid_png: Path
+    grid_png: Path | None
     table: Any = field(default=None, repr=False, metadata=TABLE)         # one row per map, best first
 
     def summary(self) -> str:
         head = self.table.head(10).to_string(index=False) if self.table is not None else ""
-        return f"{head}\nreport: {self.report_path}\ngrid: {self.grid_png}"
+        return f"{head}\nreport: {self.report_path}" + (f"\ngrid: {self.grid_png}" if self.grid_png else "")
 
 
 @dataclass

@@ -41,7 +41,7 @@ def http_get(port: int, path: str, headers: dict | None = None, method: str = "G
 def running_server(project: Path, log_path: Path) -> Iterator[int]:
     """``serve(project)`` in a subprocess on a free loopback port; yields the port once it answers."""
     port = free_port()
-    code = f"import klustr_gpu.render as r; r.serve({str(project)!r}, port={port})"
+    code = f"import klustr_gpu as kg; kg.serve({str(project)!r}, port={port})"
     some_id = Project(project).read_manifest()["id"].iloc[0]
     with open(log_path, "wb") as log:
         proc = subprocess.Popen([sys.executable, "-c", code], stdout=log, stderr=subprocess.STDOUT,
@@ -158,7 +158,7 @@ def test_app_page_is_served_on_loopback(served):
 def test_serve_binds_loopback_by_default():
     import inspect
 
-    from klustr_gpu.render import serve
+    from klustr_gpu import serve
     from klustr_gpu.render.security import is_loopback
 
     assert inspect.signature(serve).parameters["host"].default == "127.0.0.1"

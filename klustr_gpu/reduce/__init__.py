@@ -14,10 +14,10 @@ Euclidean), ``neighbours`` (the k-NN graph and its cache), ``base`` (the estimat
 """
 from __future__ import annotations
 
-from .embed import embed, fit_embedding, method_params
+from .embed import check_method_settings, embed_project, fit_embedding, method_params
 from .engines import REDUCERS, make_reducer, resolve_engine
 from .neighbours import cached_knn, knn_graph, slice_knn
 from .pca import preprocess
 
-__all__ = ["embed", "resolve_engine", "make_reducer", "preprocess", "knn_graph", "fit_embedding", "method_params",
+__all__ = ["embed_project", "check_method_settings", "resolve_engine", "make_reducer", "preprocess", "knn_graph", "fit_embedding", "method_params",
            "slice_knn", "cached_knn", "REDUCERS"]

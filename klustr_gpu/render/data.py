@@ -20,14 +20,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..config import COLOUR_BY
 from ..errors import UsageError
+from ..runtime import as_project
 from ..store import Project
 
 log = logging.getLogger(__name__)
 
 UNLABELLED = "(unlabelled)"
 GREY = "#a0a0a0"
-BY_CHOICES = ("auto", "label", "cluster")
+BY_CHOICES = COLOUR_BY
 
 # Tableau 10: distinct, readable on white; more categories fall back to colorcet's glasbey.
 _TAB10 = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
@@ -133,7 +135,7 @@ def _cluster_names(cl: pd.Series) -> pd.Series:
 
 def _resolve(project, embedding: str | None, by: str | None) -> tuple[Project, str, str]:
     """The project, the checked colouring and the embedding's name (the default when None)."""
-    project = project if isinstance(project, Project) else Project(project)
+    project = as_project(project)
     project.require("manifest")
     by = by or project.load_config().render.by
     if by not in BY_CHOICES:

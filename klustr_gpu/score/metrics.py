@@ -31,8 +31,7 @@ import math
 from typing import Any, Sequence
 
 import numpy as np
-from pandas import NA as _NA
-
+from ..library.labels import is_missing
 from ..runtime import torch_device
 
 __all__ = [
@@ -51,16 +50,6 @@ def _note(notes: list[str] | None, text: str) -> None:
         notes.append(text)
 
 
-def _missing(v: Any) -> bool:
-    """None, NaN, pandas' NA / NaT, or an empty string."""
-    if v is None or (isinstance(v, str) and v == ""):
-        return True
-    try:
-        return bool(v != v) or v is _NA
-    except (TypeError, ValueError):       # pd.NA refuses bool(); anything else array-like is a label
-        return v is _NA
-
-
 def clean_labels(labels: Sequence[Any] | None, n: int) -> tuple[np.ndarray, np.ndarray] | None:
     """``(codes [n] int64 with -1 for unlabelled, class names)``, or ``None`` without labels."""
     if labels is None:
@@ -68,7 +57,7 @@ def clean_labels(labels: Sequence[Any] | None, n: int) -> tuple[np.ndarray, np.n
     arr = np.asarray(labels, dtype=object)
     if arr.shape != (n,):
         raise ValueError(f"labels must have shape ({n},), got {arr.shape}")
-    missing = np.array([_missing(v) for v in arr], dtype=bool)
+    missing = np.array([is_missing(v) for v in arr], dtype=bool)
     if missing.all():
         return None
     names, codes = np.unique(arr[~missing].astype(str), return_inverse=True)
