@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .config import LABEL_FROM, Config
+from .config import FEATURE_SETS, LABEL_FROM, Config
 from .errors import UsageError
 from .results import EmbedResult, FeaturesResult, GridResult, MapResult, RenderResult, ScanResult, ScoreResult
 from .runtime import as_project, check_cluster, torch_device, using_cluster
@@ -120,7 +120,7 @@ def compute_features(project: str | Path | Project, config: Config | None = None
                                  "features.workers": workers, "features.frames": frames, "features.window": window,
                                  "features.hop": hop, "features.cluster": spec})
     if not cfg.features.sets:
-        raise UsageError("no feature set given", param="sets")
+        raise UsageError(f"no feature set given; choose from: {', '.join(FEATURE_SETS)}", param="sets")
     dev = torch_device(cfg.features.device)          # an impossible device fails before any work
     target = cluster if cluster is not None and spec is None else cfg.features.cluster
     check_cluster(target)

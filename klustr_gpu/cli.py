@@ -13,6 +13,7 @@ import argparse
 import json
 import logging
 import re
+import shlex
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -271,7 +272,7 @@ def _word(value: str) -> str:
 def _command(m: re.Match) -> str:
     cmd, words = COMMANDS[m.group(1)], []
     for i, a in enumerate(_ARG.finditer(m.group(2))):
-        key, value = a.group(1), _word(a.group(2))
+        key, value = a.group(1), shlex.quote(_word(a.group(2)))
         if key is None:
             words.append(f"-o {value}" if cmd == "scan" and i == 1 else value)
         else:

@@ -84,7 +84,7 @@ def _layout(project: str, cfg: Config, cfg_json: str, expected: str) -> Layout:
         proj = Project(project)
         layout = Layout.from_manifest(proj, proj.read_manifest(), cfg, bool(cfg.features.frames))
         if layout.hash != expected:
-            raise RuntimeError(f"the manifest of {project} changed during the run; rerun `klustr features`")
+            raise RuntimeError(f"the manifest of {project} changed during the run; rerun compute_features({project!r})")
         layout.paths = [p.resolve() for p in layout.paths]
         return layout
 

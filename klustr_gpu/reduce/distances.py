@@ -18,8 +18,8 @@ def euclidean_view(X: np.ndarray, metric: str) -> np.ndarray:
     if metric in ("euclidean", "sqeuclidean"):
         return X
     if metric not in ANGULAR:
-        raise UsageError(f"metric={metric!r} has no Euclidean form here; use euclidean, cosine or correlation",
-                         param="metric")
+        raise UsageError(f"metric={metric!r} has no Euclidean form here (the GPU engines need one); use "
+                         "euclidean, cosine or correlation, or engine='cpu'", param="metric")
     X = np.array(X, dtype=np.float32, copy=True)
     if metric == "correlation":
         X -= X.mean(axis=1, keepdims=True)
