@@ -258,13 +258,14 @@ def test_click_plays_nearest_point_and_lists_neighbours(app):
     i = 17
     app._on_tap(x=float(pts["x"][i]) + 1e-4, y=float(pts["y"][i]))
     assert app.selected == i
-    assert f'src="/audio/{pts["file_id"][i]}"' in app.player.object and "autoplay" in app.player.object
+    assert f'src="{app.index.url(pts["file_id"][i])}"' in app.player.object and "autoplay" in app.player.object
+    assert f'/audio/{pts["file_id"][i]}' not in app.player.object          # never the path-derived id
     assert html.escape(str(pts["name"][i])) in app.now.object
     assert app.neighbours.object.count("<audio ") == app.k
     d = np.hypot(pts["x"] - pts["x"][i], pts["y"] - pts["y"][i]).to_numpy()
     expected = np.argsort(d, kind="stable")[1:app.k + 1]
-    listed = re.findall(r'src="/audio/([0-9a-f]{16})"', app.neighbours.object)
-    assert listed == list(pts["file_id"].to_numpy()[expected])
+    listed = re.findall(r'src="/audio/([0-9a-f]{32})"', app.neighbours.object)
+    assert [app.index.resolve(t) for t in listed] == list(pts["file_id"].to_numpy()[expected])
 
 
 def test_filters_by_label_and_name(app):
@@ -327,7 +328,7 @@ def test_frame_points_play_from_their_start(project, tmp_path):
     pts = app.data.points
     i = int(np.flatnonzero(pts["start"].to_numpy() == 0.75)[0])
     app.play(i)
-    assert f'src="/audio/{pts["file_id"][i]}#t=0.750"' in app.player.object
+    assert f'src="{app.index.url(pts["file_id"][i])}#t=0.750"' in app.player.object
     assert f'data-id="{pts["id"][i]}"' in app.player.object
 
 
