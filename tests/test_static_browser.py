@@ -16,30 +16,10 @@ import pytest
 
 from klustr_gpu.store import Project
 from test_render import write_fake_embedding
+from test_browser import browser  # noqa: F401  (the suite's headless Chromium)
 from test_serve import audio_path, free_port, http_get, running_server
 
 pytestmark = pytest.mark.browser
-
-CHROMIUM = Path(os.environ.get("KLUSTR_CHROMIUM", "/usr/bin/chromium"))
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync",
-        "--autoplay-policy=no-user-gesture-required"]
-
-
-@pytest.fixture(scope="module")
-def chromium():
-    if not CHROMIUM.exists():
-        if os.environ.get("CI"):
-            pytest.fail(f"{CHROMIUM} missing; .ci/run installs Debian's chromium")
-        pytest.skip(f"no chromium at {CHROMIUM}")
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=str(CHROMIUM), args=ARGS, headless=True, timeout=60_000)
-        try:
-            yield b
-        finally:
-            b.close()
-
 
 @pytest.fixture(scope="module")
 def project(demo_project, tmp_path_factory) -> Path:
@@ -76,7 +56,7 @@ def _isolated(px, py, candidates, min_px: float = 10.0) -> int:
     pytest.fail("no isolated point")
 
 
-def test_map_html_marks_files_the_browser_cannot_play(chromium, project):
+def test_map_html_marks_files_the_browser_cannot_play(browser, project):
     """AIFF (which Chromium cannot play): the side panel counts such files and says
     `klustr serve` converts them; they are drawn hollow; hovering one says so; clicking one
     says so and plays nothing. A WAV point still plays. Cluster names are drawn on the map."""
@@ -89,7 +69,7 @@ def test_map_html_marks_files_the_browser_cannot_play(chromium, project):
     aiff = paths.str.lower().str.endswith((".aif", ".aiff")).to_numpy()
     n_aiff_files = int(man.loc[man["status"] == "ok", "path"].str.lower().str.endswith((".aif", ".aiff")).sum())
     assert 0 < n_aiff_files < len(man)
-    page = chromium.new_page(viewport={"width": 1200, "height": 800})
+    page = browser.new_page(viewport={"width": 1200, "height": 800})
     errors = []
     page.on("pageerror", lambda e: errors.append(str(e)))
     page.goto(out["html"].as_uri(), wait_until="load")
@@ -157,7 +137,7 @@ fetch('{app}{tile}', {{mode: 'no-cors'}}).then(r => window.results.fetch = 'opaq
 </script></body>"""
 
 
-def test_another_sites_page_can_neither_frame_nor_load_the_app(chromium, project, tmp_path):
+def test_another_sites_page_can_neither_frame_nor_load_the_app(browser, project, tmp_path):
     """A page from another origin that frames the app, and loads a tile and an audio file of it
     (with the real token, as if it had learnt one): Chromium shows no app in the frame and the
     tile and audio fail; the same tile and audio load in the app's own page."""
@@ -173,7 +153,7 @@ def test_another_sites_page_can_neither_frame_nor_load_the_app(chromium, project
         other = free_port()                   # another site on this machine: the browser lets it reach us
         static = subprocess.Popen([sys.executable, "-m", "http.server", str(other), "--bind", "127.0.0.1"],
                                   cwd=site, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        page = chromium.new_page()
+        page = browser.new_page()
         try:
             _wait(lambda: _answers(other), 30, "the other site")
             page.goto(f"http://localhost:{other}/index.html", wait_until="load")
@@ -186,7 +166,7 @@ def test_another_sites_page_can_neither_frame_nor_load_the_app(chromium, project
             page.close()
             static.terminate()
             static.wait(10)
-        own = chromium.new_page()
+        own = browser.new_page()
         own.goto(f"{app}/", wait_until="load")
         got = own.evaluate(f"""async () => {{
             const img = new Image(); img.src = '{tile}';
