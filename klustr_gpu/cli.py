@@ -190,6 +190,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("project", metavar="PROJECT")
     p.add_argument("--port", type=int, default=5006)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--allow-host", metavar="NAME", action="append", default=[], dest="allow_hosts",
+                   help="a name (NAME or NAME:PORT) browsers may use to reach the server, besides localhost, "
+                        "127.0.0.1 and ::1 and the --host address; repeatable (e.g. the machine's name with "
+                        "--host 0.0.0.0). Requests with any other Host header, or from another site's page, "
+                        "are refused")
     p.add_argument("--embedding", metavar="NAME")
     p.add_argument("--show", action="store_true", help="open a browser tab")
     _add_common(p)
@@ -375,7 +380,8 @@ def run_serve(args: argparse.Namespace) -> int:
     from .render import serve
     if not (0 < args.port < 65536):
         raise UsageError(f"--port {args.port} is not a valid port (1-65535)")
-    serve(proj, port=args.port, host=args.host, embedding=args.embedding, show=args.show)
+    serve(proj, port=args.port, host=args.host, embedding=args.embedding, show=args.show,
+          allow_hosts=args.allow_hosts)
     return 0
 
 

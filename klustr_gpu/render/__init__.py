@@ -115,8 +115,11 @@ def make_app(project, *, embedding: str | None = None):
 
 
 def serve(project, *, port: int = 5006, host: str = "127.0.0.1", embedding: str | None = None,
-          show: bool = False) -> None:
-    """Serve the app at ``http://HOST:PORT/`` with the ``/audio/<id>`` route; blocks until stopped."""
+          show: bool = False, allow_hosts=(), audio_key: bytes | None = None) -> None:
+    """Serve the app at ``http://HOST:PORT/`` with the ``/audio/<token>`` route; blocks until
+    stopped. ``allow_hosts``: names besides the loopback ones the browser may use (see
+    :func:`.server.serve`)."""
     from .server import serve as _serve
 
-    _serve(_project(project), port=port, host=host, embedding=embedding, show=show)
+    _serve(_project(project), port=port, host=host, embedding=embedding, show=show,
+           allow_hosts=allow_hosts, audio_key=audio_key)
