@@ -43,7 +43,7 @@
 #   --skip a,b        skip these steps
 #   --append-results  also append gpu.md to benchmarks/RESULTS.md (never for a dry run)
 #   PYTHON            the interpreter (default .venv/bin/python; with --offline, python3)
-#   N, KNN_N, DR_N, CPU_REF_N, DR_ITERS   sizes (defaults 10000, 1000000, 100000, 20000, the
+#   N, KNN_N, DR_N, CPU_REF_N, DR_ITERS   sizes (defaults 10000, 1000000, 100000, 10000, the
 #                     configured iterations)
 #   STEP_TIMEOUT      a cap on every step's own limit (seconds)
 #   WORK              corpora and projects (default ~/.cache/klustr_gpu/bench/gpu; with
@@ -58,18 +58,20 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO="$(dirname "$HERE")"
 STEPS="$HERE/gpu_steps"
 COMMAND="bash benchmarks/gpu.sh $*"
+CALLER_PWD="$PWD"
 cd "$REPO" || exit 2
 T0="$(date +%s)"
 
 die() { echo "gpu.sh: $*" >&2; exit 2; }
+abspath() { case "$1" in /*|'') echo "$1" ;; *) echo "$CALLER_PWD/$1" ;; esac; }
 
 DRY=0; ONLY=""; SKIP=""; OFFLINE=""; OUT=""; SITE=""; BUDGET=""; APPEND=0
 while [ $# -gt 0 ]; do
     case "$1" in
         --dry-run) DRY=1 ;;
-        --offline) [ $# -ge 2 ] || die "--offline needs the wheelhouse folder"; OFFLINE="$2"; shift ;;
-        --out) [ $# -ge 2 ] || die "--out needs a folder"; OUT="$2"; shift ;;
-        --site) [ $# -ge 2 ] || die "--site needs a folder"; SITE="$2"; shift ;;
+        --offline) [ $# -ge 2 ] || die "--offline needs the wheelhouse folder"; OFFLINE="$(abspath "$2")"; shift ;;
+        --out) [ $# -ge 2 ] || die "--out needs a folder"; OUT="$(abspath "$2")"; shift ;;
+        --site) [ $# -ge 2 ] || die "--site needs a folder"; SITE="$(abspath "$2")"; shift ;;
         --budget) [ $# -ge 2 ] || die "--budget needs seconds"; BUDGET="$2"; shift ;;
         --only) ONLY="${2:-}"; shift ;;
         --skip) SKIP="${2:-}"; shift ;;
@@ -94,7 +96,7 @@ if [ "$DRY" = 1 ]; then
     DR_ITERS="${DR_ITERS:-60}"; STEP_TIMEOUT="${STEP_TIMEOUT:-900}"; BUDGET="${BUDGET:-0}"
     OUT="${OUT:-$REPO/benchmarks/out/gpu-dryrun}"
 else
-    N="${N:-10000}"; KNN_N="${KNN_N:-1000000}"; DR_N="${DR_N:-100000}"; CPU_REF_N="${CPU_REF_N:-20000}"
+    N="${N:-10000}"; KNN_N="${KNN_N:-1000000}"; DR_N="${DR_N:-100000}"; CPU_REF_N="${CPU_REF_N:-10000}"
     DR_ITERS="${DR_ITERS:-}"; STEP_TIMEOUT="${STEP_TIMEOUT:-}"; BUDGET="${BUDGET:-480}"
     OUT="${OUT:-$REPO/benchmarks/out/gpu}"
 fi
@@ -191,7 +193,7 @@ run_step() {  # run_step NAME OWN_LIMIT_S COMMAND... ; exit 77 from a command me
         record "$name" skipped "not selected"; echo "== $name: skipped (not selected)" >&2; return 0
     fi
     if [ "$limit" -lt 10 ]; then
-        record "$name" timeout "out of time (budget ${BUDGET} s)"; FAILED=1
+        record "$name" out_of_time "not started: out of time (budget ${BUDGET} s)"; FAILED=1
         echo "== $name: out of time (budget ${BUDGET} s)" >&2; return 0
     fi
     echo "== $name (limit ${limit}s, at $(elapsed)s): $*" >&2

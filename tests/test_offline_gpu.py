@@ -36,7 +36,8 @@ preflight = _module(REPO / "benchmarks" / "gpu_steps" / "preflight.py")
 
 def _gpu_sh(*args: str, timeout: int = 300, **env: str) -> subprocess.CompletedProcess:
     e = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    e.update(PYTHON=sys.executable, **env)
+    e["PYTHON"] = sys.executable
+    e.update(env)
     return subprocess.run(["bash", str(GPU_SH), *args], capture_output=True, text=True, timeout=timeout, env=e)
 
 
@@ -241,7 +242,8 @@ def test_offline_path_from_a_fresh_environment(tmp_path):
     assert probe.stdout.strip() == "numpy absent", probe.stderr[-1000:]
 
     no_net = dict(PYTHON=str(py), PIP_INDEX_URL="http://127.0.0.1:9/simple", http_proxy="http://127.0.0.1:9",
-                  https_proxy="http://127.0.0.1:9", WORK=str(tmp_path / "work"))
+                  https_proxy="http://127.0.0.1:9", WORK=str(tmp_path / "work"),
+                  N="40", KNN_N="3000", DR_N="300", CPU_REF_N="200", DR_ITERS="40")
     out, site = tmp_path / "out", tmp_path / "site"
     r = _gpu_sh("--offline", str(house), "--dry-run", "--out", str(out), "--site", str(site), timeout=1500, **no_net)
     assert r.returncode == 0, r.stderr[-3000:]
