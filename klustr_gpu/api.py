@@ -268,14 +268,18 @@ def make_app(project: str | Path | Project, *, embedding: str | None = None):
 
 
 def serve(project: str | Path | Project, *, port: int = 5006, host: str = "127.0.0.1",
-          embedding: str | None = None, show: bool = False) -> None:
-    """Serve the zoomable map at ``http://HOST:PORT/`` with the ``/audio/<id>`` route; blocks
-    until stopped. The project is served as its ``klustr.toml`` says."""
+          embedding: str | None = None, show: bool = False, allow_hosts=(), audio_key: bytes | None = None) -> None:
+    """Serve the zoomable map at ``http://HOST:PORT/`` with the ``/audio/<token>`` route; blocks
+    until stopped. The project is served as its ``klustr.toml`` says. ``allow_hosts``: names
+    (``NAME`` or ``NAME:PORT``) browsers may use besides the loopback ones and ``host``;
+    ``audio_key``: the secret mixed into audio URLs (default: random at each start). See
+    :func:`klustr_gpu.render.server.serve`."""
     from .render.server import serve as run
 
     if not 0 < int(port) < 65536:
         raise UsageError(f"port={port} is not a valid port (1-65535)", param="port")
-    run(as_project(project).require("manifest"), port=port, host=host, embedding=embedding, show=show)
+    run(as_project(project).require("manifest"), port=port, host=host, embedding=embedding, show=show,
+        allow_hosts=allow_hosts, audio_key=audio_key)
 
 
 # -- everything ----------------------------------------------------------------------------------
@@ -328,9 +332,11 @@ def map(library: str | Path, project: str | Path | Project, config: Config | Non
                      seconds={k: round(v, 2) for k, v in times.items()}, map_png=out.png, map_html=out.html)
 
 
-def demo_corpus(directory: str | Path, *, n: int = 2000, seed: int = 0, progress: bool = True) -> Path:
+def demo_corpus(directory: str | Path, *, n: int = 2000, seed: int = 0, workers: int | None = None,
+                progress: bool = True) -> Path:
     """Synthesise ``n`` labelled drum one-shots (kick, snare, clap, hihat, tom, ride, crash) in
-    mixed formats, rates and channel counts under ``directory``; returns its ``labels.csv``."""
+    mixed formats, rates and channel counts under ``directory`` (``workers`` processes, default
+    up to 4); returns its ``labels.csv``."""
     from .library.democorpus import demo_corpus as run
 
-    return run(directory, n=n, seed=seed, progress=progress)
+    return run(directory, n=n, seed=seed, workers=workers, progress=progress)

@@ -172,6 +172,11 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("project", metavar="PROJECT")
     p.add_argument("--port", type=int, default=5006, help="port to listen on (default 5006)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--allow-host", metavar="NAME", action="append", default=[], dest="allow_hosts",
+                   help="a name (NAME or NAME:PORT) browsers may use to reach the server, besides localhost, "
+                        "127.0.0.1 and ::1 and the --host address; repeatable (e.g. the machine's name with "
+                        "--host 0.0.0.0). Requests with any other Host header, or from another site's page, "
+                        "are refused")
     p.add_argument("--embedding", metavar="NAME")
     p.add_argument("--show", action="store_true", help="open a browser tab")
 
@@ -357,7 +362,8 @@ def run_render(args: argparse.Namespace) -> int:
 
 def run_serve(args: argparse.Namespace) -> int:
     """Serve the zoomable map with hover, click-to-play, neighbours, filters and selection export."""
-    api.serve(args.project, port=args.port, host=args.host, embedding=args.embedding, show=args.show)
+    api.serve(args.project, port=args.port, host=args.host, embedding=args.embedding, show=args.show,
+              allow_hosts=args.allow_hosts)
     return 0
 
 

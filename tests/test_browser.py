@@ -17,7 +17,7 @@ import pytest
 
 from klustr_gpu.store import Project
 from test_render import XSS_LABEL, XSS_NAME, write_fake_embedding
-from test_serve import running_server
+from test_serve import audio_path, running_server
 
 pytestmark = pytest.mark.browser
 
@@ -159,7 +159,7 @@ def test_served_map_zoom_click_plays_audio(browser, project):
             except pytest.fail.Exception:
                 continue
         src = player.get_attribute("src")
-        assert src == f"/audio/{target_id}"
+        assert src == audio_path(target_id)
         assert page.locator(".klustr-now .klustr-name").first.text_content() == name
         resp = page.request.get(f"http://127.0.0.1:{port}{src}", timeout=30_000)
         assert resp.status == 200 and resp.headers["content-type"].startswith("audio/")

@@ -108,7 +108,10 @@ def test_load_map_by_cluster_and_errors(project, tmp_path):
     from klustr_gpu.render.data import load_map
 
     data = load_map(project, by="cluster")
-    assert list(data.color_key) == [str(i) for i in range(7)]
+    # clusters 0..6 are the demo classes in order; named by the words their paths share
+    classes = sorted(Project(project).read_manifest()["label"].unique())
+    assert list(data.color_key) == classes and len(classes) == 7
+    assert list(data.points["cluster"].cat.categories) == classes
     with pytest.raises(UsageError, match="choose one of"):
         load_map(project, by="colour")
     with pytest.raises(UsageError, match="no embedding 'nope'"):
@@ -132,7 +135,8 @@ def test_auto_colours_an_unlabelled_library_by_cluster(project, tmp_path):
     emb, meta = p.read_embedding("fake")
     p.write_embedding("fake", emb.assign(label=None), meta)
     data = load_map(dst, embedding="fake", by="auto")
-    assert data.by == "cluster" and list(data.color_key) == [str(i) for i in range(7)]
+    classes = sorted(Project(project).read_manifest()["label"].unique())
+    assert data.by == "cluster" and list(data.color_key) == classes     # named from folder and file names
     p.write_embedding("nocl", emb.assign(label=None).drop(columns="cluster"), meta)
     data = load_map(dst, embedding="nocl", by="auto")
     assert data.by == "label" and list(data.color_key) == ["(unlabelled)"]
@@ -215,6 +219,62 @@ def test_render_html_points_and_raster_modes(project, tmp_path):
     assert render_map(dst, html=False, width=300, height=200, progress=False).html is None
 
 
+def test_cluster_names_are_written_on_the_map_and_in_the_legend(project, tmp_path):
+    """Coloured by cluster, map.png writes each cluster's name at its group, on a white halo,
+    through the one rendering path (the same aggregate as the picture); the legend lists the
+    names; map.html carries the same anchors for its script to draw."""
+    from PIL import Image
+
+    from klustr_gpu import render_map
+    from klustr_gpu.render.data import load_map
+    from klustr_gpu.render.static import aggregate, label_anchors
+
+    data = load_map(project, by="cluster")
+    out = render_map(project, by="cluster", width=700, height=500, progress=False)
+    img = np.asarray(Image.open(out.png).convert("RGB")).astype(int)
+    plain = tmp_path / "plain.png"
+    from klustr_gpu.render.static import render_png
+    render_png(load_map(project, by="label"), plain, width=700, height=500)   # the same groups, no names
+    base = np.asarray(Image.open(plain).convert("RGB")).astype(int)
+    dark = (img.sum(axis=2) < 120) & (base.sum(axis=2) >= 120)                # text only on the named map
+    payload = json.loads(re.search(r'id="data">(.*?)</script>', out.html.read_text(), re.S).group(1))
+    anchors = payload["anchors"]
+    assert sorted(anchors) == sorted(data.color_key) and payload["by"] == "cluster"
+    (bx0, bx1), (by0, by1) = data.bounds()
+    for name, (ax, ay) in anchors.items():
+        pts = data.points[data.points["cluster"] == name]
+        assert abs(ax - pts["x"].median()) < 2.5 and abs(ay - pts["y"].median()) < 2.5, name   # on its group
+    map_w = int(np.flatnonzero((img == 221).all(axis=2).all(axis=0))[0])      # the legend's separator line
+    (mx0, mx1), (my0, my1) = data.bounds(aspect=map_w / img.shape[0])
+    png_anchors = label_anchors(aggregate(data.points, by="cluster", width=map_w, height=img.shape[0],
+                                          x_range=(mx0, mx1), y_range=(my0, my1)))
+    assert sorted(png_anchors) == sorted(anchors)
+    for name, (ax, ay) in png_anchors.items():                                # dark text at every anchor
+        px = int((ax - mx0) / (mx1 - mx0) * map_w)
+        py = int((my1 - ay) / (my1 - my0) * img.shape[0])
+        assert dark[max(0, py - 15):py + 15, max(0, px - 40):px + 40].sum() > 15, name
+    agg = aggregate(data.points, by="cluster", width=300, height=300, x_range=(bx0, bx1), y_range=(by0, by1))
+    again = label_anchors(agg)
+    assert again == label_anchors(agg) and sorted(again) == sorted(anchors)    # deterministic
+    labelled = json.loads(re.search(r'id="data">(.*?)</script>', render_map(project, by="label", width=300, height=200,
+                                                                          progress=False).html.read_text(), re.S).group(1))
+    assert labelled["anchors"] == {}                                          # labels: legend only, as before
+
+
+def test_html_payload_marks_what_a_browser_cannot_play(project):
+    from klustr_gpu.render.data import load_map
+    from klustr_gpu.render.static import html_payload
+
+    data = load_map(project)
+    payload = html_payload(data, Project(project))
+    fmts = payload["files"]["fmt"]
+    names = payload["files"]["name"]
+    assert len(fmts) == len(names) and {"WAV", "FLAC", "OGG", "AIFF"} <= set(fmts)
+    assert all(n.upper().endswith("." + f) for n, f in zip(names, fmts))
+    assert payload["types"]["AIFF"] == "audio/aiff" and payload["types"]["WAV"] == "audio/wav"
+    assert payload["converted"] == ["AIF", "AIFF"]
+
+
 def test_render_rejects_tiny_sizes(project):
     from klustr_gpu import render_map
 
@@ -258,13 +318,14 @@ def test_click_plays_nearest_point_and_lists_neighbours(app):
     i = 17
     app._on_tap(x=float(pts["x"][i]) + 1e-4, y=float(pts["y"][i]))
     assert app.selected == i
-    assert f'src="/audio/{pts["file_id"][i]}"' in app.player.object and "autoplay" in app.player.object
+    assert f'src="{app.index.url(pts["file_id"][i])}"' in app.player.object and "autoplay" in app.player.object
+    assert f'/audio/{pts["file_id"][i]}' not in app.player.object          # never the path-derived id
     assert html.escape(str(pts["name"][i])) in app.now.object
     assert app.neighbours.object.count("<audio ") == app.k
     d = np.hypot(pts["x"] - pts["x"][i], pts["y"] - pts["y"][i]).to_numpy()
     expected = np.argsort(d, kind="stable")[1:app.k + 1]
-    listed = re.findall(r'src="/audio/([0-9a-f]{16})"', app.neighbours.object)
-    assert listed == list(pts["file_id"].to_numpy()[expected])
+    listed = re.findall(r'src="/audio/([0-9a-f]{32})"', app.neighbours.object)
+    assert [app.index.resolve(t) for t in listed] == list(pts["file_id"].to_numpy()[expected])
 
 
 def test_filters_by_label_and_name(app):
@@ -327,7 +388,7 @@ def test_frame_points_play_from_their_start(project, tmp_path):
     pts = app.data.points
     i = int(np.flatnonzero(pts["start"].to_numpy() == 0.75)[0])
     app.play(i)
-    assert f'src="/audio/{pts["file_id"][i]}#t=0.750"' in app.player.object
+    assert f'src="{app.index.url(pts["file_id"][i])}#t=0.750"' in app.player.object
     assert f'data-id="{pts["id"][i]}"' in app.player.object
 
 

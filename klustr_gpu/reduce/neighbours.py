@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UsageError
+from ..oom import map_batches
 from ..runtime import n_jobs, torch_device
 from .distances import ANGULAR, cosine_from_chord, euclidean_view
 from .validate import check_features, check_knn
@@ -48,8 +49,9 @@ def _torch_knn(X: np.ndarray, k: int, metric: str, device, Q: np.ndarray | None 
     tile = max(1, min(m, budget // (4 * max(n, 1))))
     idx = np.empty((m, k), dtype=np.int64)
     dist = np.empty((m, k), dtype=np.float32)
-    for s in range(0, m, tile):
-        q = qry[s:s + tile]
+
+    def one_tile(s: int, e: int) -> None:
+        q = qry[s:e]
         if metric in ANGULAR:                   # unit rows: 1 - cos is one matrix product
             d = 1.0 - q @ ref.T
         else:
@@ -60,8 +62,10 @@ def _torch_knn(X: np.ndarray, k: int, metric: str, device, Q: np.ndarray | None 
         vals, ind = torch.topk(d, k, dim=1, largest=False, sorted=True)
         if metric == "euclidean":
             vals = vals.sqrt()
-        idx[s:s + tile] = ind.cpu().numpy()
-        dist[s:s + tile] = vals.clamp_min(0.0).float().cpu().numpy()
+        idx[s:e] = ind.cpu().numpy()
+        dist[s:e] = vals.clamp_min(0.0).float().cpu().numpy()
+
+    map_batches(one_tile, m, tile, what="k-NN query rows")    # CUDA out of memory: halve the tile
     return idx, dist
 
 
