@@ -86,7 +86,7 @@ def _pick_isolated(x, y, visible, to_px, min_px: float = 18.0) -> int:
 def project(demo_library, tmp_path_factory) -> Path:
     """The demo library with one file named like an HTML injection, the 'clap' class relabelled
     as a script injection, and a fake embedding that puts the injected file alone in the middle."""
-    from klustr_gpu.library import scan
+    from klustr_gpu import scan
 
     base = tmp_path_factory.mktemp("browser")
     lib = base / "library"
@@ -182,10 +182,10 @@ def test_served_map_zoom_click_plays_audio(browser, project):
 
 
 def test_standalone_map_html_hover_and_click(browser, project):
-    from klustr_gpu.render import render
+    from klustr_gpu import render_map
 
     ARTIFACTS.mkdir(exist_ok=True)
-    out = render(project, width=600, height=400, progress=False)
+    out = render_map(project, width=600, height=400, progress=False)
     emb, _ = Project(project).read_embedding()
     x, y = emb["x"].to_numpy(), emb["y"].to_numpy()
     page = browser.new_page(viewport={"width": 1200, "height": 800})
@@ -193,7 +193,7 @@ def test_standalone_map_html_hover_and_click(browser, project):
     errors, dialogs = [], []
     page.on("pageerror", lambda e: errors.append(str(e)))
     page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
-    page.goto(out["html"].as_uri(), wait_until="load")
+    page.goto(out.html.as_uri(), wait_until="load")
     box = page.locator("#map").bounding_box()
     b = page.evaluate("() => JSON.parse(document.getElementById('data').textContent).bounds")
     s = min(box["width"] / (b[1] - b[0]), box["height"] / (b[3] - b[2]))

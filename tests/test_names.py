@@ -110,12 +110,12 @@ def test_demo_corpus_clusters_are_named_after_their_classes(demo_library, tmp_pa
     k-means clusters, each named; the name is the class most of the cluster's files belong to
     (the demo's folders and file names carry the class), and the legend of map.png and
     map.html shows the names, not numbers."""
+    import klustr_gpu as kg
     from klustr_gpu import Project
-    from klustr_gpu.pipeline import run_map
     from klustr_gpu.render.data import load_map
 
     proj = tmp_path / "proj"
-    run_map(demo_library, proj, progress=False)                          # no labels: an unlabelled library
+    kg.map(demo_library, proj, progress=False)                             # no labels: an unlabelled library
     data = load_map(proj)
     assert data.by == "cluster"
     names = [k for k in data.color_key if k != "(unlabelled)"]

@@ -18,7 +18,8 @@ import pytest
 import soundfile as sf
 
 from badfiles import tone
-from klustr_gpu.library import file_id, scan
+from klustr_gpu.library import file_id
+from klustr_gpu import scan
 from klustr_gpu.store import Project
 from test_render import write_fake_embedding
 from test_serve import AUDIO_KEY, audio_path, http_get, running_server

@@ -51,7 +51,7 @@ def running_server(project: Path, log_path: Path, **serve_kwargs) -> Iterator[in
     (loopback unless ``host=`` says otherwise); yields the port once it answers."""
     port = free_port()
     kwargs = ", ".join(f"{k}={v!r}" for k, v in {"audio_key": AUDIO_KEY, **serve_kwargs}.items())
-    code = f"import klustr_gpu.render as r; r.serve({str(project)!r}, port={port}, {kwargs})"
+    code = f"import klustr_gpu as kg; kg.serve({str(project)!r}, port={port}, {kwargs})"
     some_id = Project(project).read_manifest()["id"].iloc[0]
     with open(log_path, "wb") as log:
         proc = subprocess.Popen([sys.executable, "-c", code], stdout=log, stderr=subprocess.STDOUT,
@@ -170,7 +170,7 @@ def test_app_page_is_served_on_loopback(served):
 def test_serve_binds_loopback_by_default():
     import inspect
 
-    from klustr_gpu.render import serve
+    from klustr_gpu import serve
     from klustr_gpu.render.security import is_loopback
 
     assert inspect.signature(serve).parameters["host"].default == "127.0.0.1"
@@ -239,11 +239,11 @@ def test_host_policy_names_and_origins():
 
 
 def test_serve_cli_passes_allowed_hosts(demo_project, monkeypatch):
-    import klustr_gpu.render as render
+    import klustr_gpu.render.server as server
     from klustr_gpu.cli import main
 
     got = {}
-    monkeypatch.setattr(render, "serve", lambda project, **kw: got.update(kw))
+    monkeypatch.setattr(server, "serve", lambda project, **kw: got.update(kw))
     assert main(["serve", str(demo_project), "--host", "0.0.0.0", "--allow-host", "box.lan",
                  "--allow-host", "proxy.example:443"]) == 0
     assert got["allow_hosts"] == ["box.lan", "proxy.example:443"] and got["host"] == "0.0.0.0"

@@ -60,9 +60,9 @@ def test_map_html_marks_files_the_browser_cannot_play(browser, project):
     """AIFF (which Chromium cannot play): the side panel counts such files and says
     `klustr serve` converts them; they are drawn hollow; hovering one says so; clicking one
     says so and plays nothing. A WAV point still plays. Cluster names are drawn on the map."""
-    from klustr_gpu.render import render
+    from klustr_gpu import render_map
 
-    out = render(project, by="cluster", width=600, height=400, progress=False)
+    out = render_map(project, by="cluster", width=600, height=400, progress=False)
     emb, _ = Project(project).read_embedding()
     man = Project(project).read_manifest().set_index("id")
     paths = emb["file_id"].map(man["path"])
@@ -72,7 +72,7 @@ def test_map_html_marks_files_the_browser_cannot_play(browser, project):
     page = browser.new_page(viewport={"width": 1200, "height": 800})
     errors = []
     page.on("pageerror", lambda e: errors.append(str(e)))
-    page.goto(out["html"].as_uri(), wait_until="load")
+    page.goto(out.html.as_uri(), wait_until="load")
     note = page.locator("#cantplay")
     assert note.is_visible()
     assert note.text_content().startswith(f"{n_aiff_files} of {len(man)} files cannot play in this browser (AIFF")

@@ -19,7 +19,7 @@ if built:
 t_corpus = time.perf_counter() - t
 shutil.rmtree(scanned, ignore_errors=True)
 t = time.perf_counter()
-df = kg.scan(lib, scanned, labels=os.path.join(lib, "labels.csv"), progress=False)
+df = kg.scan(lib, scanned, labels=os.path.join(lib, "labels.csv"), progress=False).manifest
 ok = int((df.status == "ok").sum())
 fig = {"files": len(df), "ok": ok, "built": built, "workers": workers, "corpus_s": round(t_corpus, 2),
        "clips_per_s_built": round(n / t_corpus, 1) if built and t_corpus else None,

@@ -14,13 +14,12 @@ sets = os.environ.get("SETS") or None
 shutil.rmtree(dest, ignore_errors=True)
 shutil.copytree(scanned, dest)                     # manifest and klustr.toml: every feature computed
 t = time.perf_counter()
-s = kg.features(dest, sets=sets, device=device, progress=False)
+s = kg.compute_features(dest, sets=sets, device=device, progress=False).to_dict()
 sec = time.perf_counter() - t
-s = s.to_dict() if hasattr(s, "to_dict") else s
-names = [k for k, v in s.items() if isinstance(v, dict) and "computed" in v]
-clips = max(s[k]["computed"] for k in names) if names else 0
+names = list(s["sets"])
+clips = max(s["sets"][k]["computed"] for k in names) if names else 0
 fig = {"device": s.get("device"), "sets": names, "clips": clips, "seconds": round(sec, 2),
        "clips_per_s": round(clips / sec, 1) if sec else None, "gpu_peak_mib": gpu_peak_mib(),
-       "compute_s": {k: s[k].get("seconds") for k in names}, "project": dest}
+       "compute_s": {k: s["sets"][k].get("seconds") for k in names}, "project": dest}
 fig["summary"] = f"{clips:,} clips, sets {','.join(names)} on {fig['device']}: {fig['clips_per_s']} clips/s"
 save(fig)

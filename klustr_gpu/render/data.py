@@ -21,14 +21,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..config import COLOUR_BY
 from ..errors import UsageError
+from ..runtime import as_project
 from ..store import Project
 
 log = logging.getLogger(__name__)
 
 UNLABELLED = "(unlabelled)"
 GREY = "#a0a0a0"
-BY_CHOICES = ("auto", "label", "cluster")
+BY_CHOICES = COLOUR_BY
 
 # Tableau 10: distinct, readable on white; more categories fall back to colorcet's glasbey.
 _TAB10 = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
@@ -162,7 +164,7 @@ def _point_pairs(cluster: pd.Categorical, path_codes: np.ndarray):
 
 def _resolve(project, embedding: str | None, by: str | None) -> tuple[Project, str, str]:
     """The project, the checked colouring and the embedding's name (the default when None)."""
-    project = project if isinstance(project, Project) else Project(project)
+    project = as_project(project)
     project.require("manifest")
     by = by or project.load_config().render.by
     if by not in BY_CHOICES:
@@ -195,7 +197,7 @@ def load_map(project: Project | str | os.PathLike, *, embedding: str | None = No
     emb, params = project.read_embedding(name)
     missing = {"id", "x", "y"} - set(emb.columns)
     if missing:
-        raise UsageError(f"embedding {name!r} lacks columns {sorted(missing)}; rerun `klustr embed {project.path}`")
+        raise UsageError(f"embedding {name!r} lacks columns {sorted(missing)}; rerun embed({str(project.path)!r})")
     man = project.read_manifest()
     man = man[man["status"] == "ok"]
     pts = pd.DataFrame({
@@ -216,7 +218,7 @@ def load_map(project: Project | str | os.PathLike, *, embedding: str | None = No
         log.warning("render: %d points with non-finite coordinates dropped", int((~ok).sum()))
         pts, emb = pts[ok].reset_index(drop=True), emb[ok].reset_index(drop=True)
     if not len(pts):
-        raise UsageError(f"embedding {name!r} has no points of usable files; rerun `klustr embed {project.path}`")
+        raise UsageError(f"embedding {name!r} has no points of usable files; rerun embed({str(project.path)!r})")
     rows = files.loc[pts["file_id"]]
     path = pd.Categorical(rows["path"].to_numpy())
     pts["path"] = path
@@ -229,7 +231,7 @@ def load_map(project: Project | str | os.PathLike, *, embedding: str | None = No
     pts["duration"] = rows["duration"].to_numpy(np.float32)
     if by == "cluster":
         if "cluster" not in emb:
-            raise UsageError(f"embedding {name!r} has no 'cluster' column; use --by label")
+            raise UsageError(f"embedding {name!r} has no 'cluster' column; use by='label'", param="by")
         cat, key = categories(_cluster_names(emb["cluster"]))
         cats, key, rename = named_clusters(list(cat.categories), key, [str(p) for p in path.categories],
                                            *_point_pairs(cat, path.codes))
@@ -316,9 +318,9 @@ def load_map_dask(project: Project | str | os.PathLike, *, embedding: str | None
     cols = set(pq.read_schema(path).names)
     missing = {"id", "x", "y"} - cols
     if missing:
-        raise UsageError(f"embedding {name!r} lacks columns {sorted(missing)}; rerun `klustr embed {project.path}`")
+        raise UsageError(f"embedding {name!r} lacks columns {sorted(missing)}; rerun embed({str(project.path)!r})")
     if by == "cluster" and "cluster" not in cols:
-        raise UsageError(f"embedding {name!r} has no 'cluster' column; use --by label")
+        raise UsageError(f"embedding {name!r} has no 'cluster' column; use by='label'", param="by")
     fid_col = "file_id" if "file_id" in cols else "id"
     read = ["x", "y", fid_col] + (["cluster"] if by == "cluster" else ["label"] if "label" in cols else [])
     man = project.read_manifest()
@@ -336,7 +338,7 @@ def load_map_dask(project: Project | str | os.PathLike, *, embedding: str | None
     if nonfinite:
         log.warning("render: %d points with non-finite coordinates dropped", nonfinite)
     if not sum(s["n"] for s in summaries):
-        raise UsageError(f"embedding {name!r} has no points of usable files; rerun `klustr embed {project.path}`")
+        raise UsageError(f"embedding {name!r} has no points of usable files; rerun embed({str(project.path)!r})")
     source = "emb" if any(s["emb_any"] for s in summaries) else "man"
     field_ = "cluster" if by == "cluster" else source
     seen = pd.unique(np.asarray([v for s in summaries for v in s[field_]], dtype=object))  # first appearance
