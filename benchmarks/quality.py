@@ -41,7 +41,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from klustr_gpu.config import Config  # noqa: E402
-from klustr_gpu.score import grid, grid_arrays, metrics as M  # noqa: E402
+from klustr_gpu import grid  # noqa: E402
+from klustr_gpu.score import grid_arrays, metrics as M  # noqa: E402
 from klustr_gpu.score.scoring import MAP_KEYS  # noqa: E402
 
 DEFAULT_LIBRARY = Path(os.environ.get("KLUSTR_HYDROGEN", Path.home() / ".cache" / "klustr_gpu" / "hydrogen")) / "library"
@@ -205,12 +206,11 @@ def ceiling_markdown(rows: list[dict]) -> str:
 
 # -- the benchmark -----------------------------------------------------------------------------------
 def project_for(library: Path, project: Path, sets: list[str]) -> Path:
-    from klustr_gpu.features import extract
-    from klustr_gpu.library.scan import scan
+    from klustr_gpu import compute_features, scan
 
     if not (project / "manifest.parquet").exists():
         scan(library, project, labels=library / "labels.csv", progress=False)
-    extract(project, sets=sets, progress=False)
+    compute_features(project, sets=sets, progress=False)
     return project
 
 
@@ -280,7 +280,7 @@ def main(argv=None) -> int:
     for old in (proj / "embeddings").glob("grid-*.parquet"):
         old.unlink()
     t = time.perf_counter()
-    table = grid(proj, features=sets, quick=args.quick, progress=False)
+    table = grid(proj, features=sets, quick=args.quick, progress=False).table
     grid_seconds = time.perf_counter() - t
     scores = json.loads((proj / "scores.json").read_text())
     best_fs = table.iloc[0]["features"]
@@ -342,7 +342,7 @@ def main(argv=None) -> int:
 def _project_matrix(proj: Path, name: str) -> tuple[np.ndarray, np.ndarray]:
     """The project's feature rows of set ``name`` and their labels (unlabelled rows dropped)."""
     from klustr_gpu.features import load
-    from klustr_gpu.score.scoring import manifest_labels
+    from klustr_gpu.library.labels import manifest_labels
     from klustr_gpu.store import Project
 
     table = load(proj, name)
@@ -353,7 +353,7 @@ def _project_matrix(proj: Path, name: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def M_clean(obj):
-    from klustr_gpu.score.scoring import json_clean
+    from klustr_gpu.results import plain as json_clean
 
     return json_clean(obj)
 

@@ -122,8 +122,7 @@ def layout(n: int, labels: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.nd
 
 def build_project(n: int, files: int = 200) -> Path:
     sys.path.insert(0, str(REPO))
-    from klustr_gpu.library import scan
-    from klustr_gpu.library.democorpus import demo_corpus
+    from klustr_gpu import demo_corpus, scan
     from klustr_gpu.store import Project
 
     base = Path.home() / ".cache" / "klustr_gpu" / "bench" / f"zoom{n}"
@@ -169,7 +168,8 @@ pn.serve(plot, port={port}, address="127.0.0.1", show=False, websocket_origin=["
 def start_server(checkout: Path, project: Path, logfile: Path, *, plot: bool = False) -> tuple[subprocess.Popen, int]:
     port = free_port()
     code = (PLOT_APP.format(project=str(project), port=port) if plot
-            else f"import klustr_gpu.render as r; r.serve({str(project)!r}, port={port})")
+            else "from klustr_gpu.render.server import serve; from klustr_gpu.store import Project; "
+                 f"serve(Project({str(project)!r}), port={port})")
     env = dict(os.environ, PYTHONPATH=str(checkout), PYTHONUNBUFFERED="1")
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=open(logfile, "wb"), stderr=subprocess.STDOUT,
                             env=env, cwd=str(checkout))

@@ -37,13 +37,12 @@ def app(project):
 @pytest.fixture(scope="module")
 def featured(demo_project, tmp_path_factory) -> Path:
     """The demo project with real features and a UMAP map: ``klustr embed`` stored its graph."""
-    from klustr_gpu.features import extract
-    from klustr_gpu.reduce import embed
+    import klustr_gpu as kg
 
     dst = tmp_path_factory.mktemp("app-featured") / "project"
     shutil.copytree(demo_project, dst)
-    extract(dst, sets=["mfcc"], progress=False)
-    embed(dst, method="umap", features="mfcc", progress=False)
+    kg.compute_features(dst, sets=["mfcc"], progress=False)
+    kg.embed(dst, method="umap", features="mfcc", progress=False)
     assert list((dst / "neighbours").glob("mfcc-*.npz"))
     return dst
 
@@ -62,11 +61,12 @@ def test_click_plays_nearest_point_and_lists_map_neighbours(app):
     assert app.tap(float(pts["x"][i]) + 1e-4, float(pts["y"][i]), radius(app)) == i
     assert app.selected == i
     now = app.sound.now
-    assert now["url"] == f"/audio/{pts['file_id'][i]}" and now["name"] == str(pts["name"][i])
+    assert now["url"] == app.index.url(pts["file_id"][i]) and now["name"] == str(pts["name"][i])
+    assert pts["file_id"][i] not in now["url"]                       # never the path-derived id
     assert app.canvas.marker == [pytest.approx(float(pts["x"][i])), pytest.approx(float(pts["y"][i]))]
     d = np.hypot(pts["x"] - pts["x"][i], pts["y"] - pts["y"][i]).to_numpy()
     expected = np.argsort(d, kind="stable")[1:app.k + 1]
-    assert [it["url"] for it in app.sound.items] == [f"/audio/{f}" for f in pts["file_id"].to_numpy()[expected]]
+    assert [it["url"] for it in app.sound.items] == [app.index.url(f) for f in pts["file_id"].to_numpy()[expected]]
     assert "map" in app.sound.note.lower()
 
 
@@ -124,7 +124,7 @@ def test_frame_points_play_from_their_start(project, tmp_path):
     pts = app.data.points
     i = int(np.flatnonzero(pts["start"].to_numpy() == 0.75)[0])
     app.play(i)
-    assert app.sound.now["url"] == f"/audio/{pts['file_id'][i]}#t=0.750" and app.sound.now["id"] == pts["id"][i]
+    assert app.sound.now["url"] == app.index.url(pts["file_id"][i]) + "#t=0.750" and app.sound.now["id"] == pts["id"][i]
     assert "#" not in app.sound.now["drag"]                         # a dragged file is the whole file
 
 
@@ -308,7 +308,19 @@ def test_zoom_limits_follow_the_data_extent(app):
     extent = max(x1 - x0, y1 - y0)
     assert app.canvas.limits == [pytest.approx(extent / ZOOM_IN_LIMIT), pytest.approx(extent * ZOOM_OUT_LIMIT)]
     assert app.canvas.home == [x0, x1, y0, y1]
-    assert {a["text"] for a in app.canvas.annotations} == set(app.data.points["label"].cat.categories)
+    assert app.canvas.annotations == []                                # labels: the legend names them
+
+
+def test_cluster_names_are_written_on_the_map(project):
+    from klustr_gpu.render.app import MapApp
+    from klustr_gpu.render.data import load_map
+    from klustr_gpu.render.security import AudioIndex
+    from klustr_gpu.render.static import html_anchors
+
+    data = load_map(Project(project), by="cluster")
+    app = MapApp(data, AudioIndex.from_project(Project(project)))
+    want = html_anchors(data, *data.bounds())                           # where map.html writes them
+    assert want and {a["text"]: [a["x"], a["y"]] for a in app.canvas.annotations} == want
 
 
 # -- the session's pictures ----------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ import pytest
 
 from klustr_gpu.store import Project
 from test_render import XSS_LABEL, XSS_NAME, write_fake_embedding
-from test_serve import running_server
+from test_serve import audio_path, running_server
 
 pytestmark = pytest.mark.browser
 
@@ -74,7 +74,7 @@ def _pick_isolated(x, y, visible, to_px, min_px: float = 18.0) -> int:
 def project(demo_library, tmp_path_factory) -> Path:
     """The demo library with one file named like an HTML injection, the 'clap' class relabelled
     as a script injection, and a fake embedding that puts the injected file alone in the middle."""
-    from klustr_gpu.library import scan
+    from klustr_gpu import scan
 
     base = tmp_path_factory.mktemp("browser")
     lib = base / "library"
@@ -195,7 +195,7 @@ def test_served_map_zoom_hover_click_plays_audio(browser, served, points, projec
     _wait(lambda: XSS_NAME in (m.page.locator(".klustr-tip").text_content() or ""), 20, "the hover tip")
     m.click(px[i], py[i])
     target = str(points["file_id"].iloc[i])
-    _wait(lambda: m.src() == f"/audio/{target}", 10, "the player's src")
+    _wait(lambda: m.src() == audio_path(target), 10, "the player's src")
     assert m.page.locator(".klustr-now .klustr-name").first.text_content() == XSS_NAME
     resp = m.page.request.get(f"http://127.0.0.1:{port}{m.src()}", timeout=30_000)
     assert resp.status == 200 and resp.headers["content-type"].startswith("audio/")
@@ -251,7 +251,7 @@ def test_box_selection_is_drawn_listed_played_and_exported(browser, served, poin
     assert first in set(points["name"][inside])
     rows.first.locator(".tabulator-cell[tabulator-field=name]").click()
     want = points["file_id"][(points["name"] == first).to_numpy()].iloc[0]
-    _wait(lambda: m.src() == f"/audio/{want}", 10, "the row to play")
+    _wait(lambda: m.src() == audio_path(want), 10, "the row to play")
     # exported: exactly the selection
     with m.page.expect_download() as dl:
         m.page.locator("button", has_text="CSV").click()
@@ -316,11 +316,11 @@ def test_keys_step_through_the_similar_sounds(browser, served, points):
     i = _pick_isolated(x, y, m.inside(x, y), m.to_px, min_px=14)
     px, py = m.to_px(x, y)
     m.click(px[i], py[i])
-    _wait(lambda: m.src() == f"/audio/{points['file_id'].iloc[i]}", 10, "the click to play")
+    _wait(lambda: m.src() == audio_path(points["file_id"].iloc[i]), 10, "the click to play")
     items = m.page.locator(".klustr-neighbours li")
     _wait(lambda: items.count() >= 3, 10, "the similar sounds")
     names = [li.locator(".klustr-name").text_content() for li in items.all()]
-    url = {n: f"/audio/{f}" for n, f in zip(points["name"], points["file_id"])}
+    url = {n: audio_path(f) for n, f in zip(points["name"], points["file_id"])}
     first = m.src()
     m.page.keyboard.press("ArrowDown")
     _wait(lambda: m.src() == url[names[0]], 5, "ArrowDown to play the first")
@@ -369,7 +369,8 @@ def test_a_sound_drags_out_as_its_file(browser, served, points, project):
     for d in drags:
         mime, name, url = d["download"].split(":", 2)
         assert mime.startswith("audio/") and url.startswith(f"http://127.0.0.1:{served}/audio/") and d["uri"] == url
-        path = points["path"][points["file_id"] == url.rsplit("/", 1)[1]].iloc[0]
+        token = {audio_path(f): p for f, p in zip(points["file_id"], points["path"])}
+        path = token["/audio/" + url.rsplit("/", 1)[1]]
         body = m.page.request.get(url).body()
         if path.endswith((".aif", ".aiff")):
             assert mime == "audio/wav" and name == Path(path).stem + ".wav" and body[:4] == b"RIFF"
@@ -444,7 +445,7 @@ def test_the_first_click_plays_in_every_fresh_session(browser, served, points):
     """Sixteen fresh sessions, each clicked as soon as its map exists (before its first picture):
     every click plays within 5 s."""
     i = int(np.flatnonzero(points["name"].to_numpy() == XSS_NAME)[0])    # alone mid-map
-    want = f"/audio/{points['file_id'].iloc[i]}"
+    want = audio_path(points["file_id"].iloc[i])
     waited = []
     for _ in range(16):
         context = browser.new_context(viewport=VIEWPORT)
@@ -466,13 +467,12 @@ def test_the_first_click_plays_in_every_fresh_session(browser, served, points):
 @pytest.fixture(scope="module")
 def featured_served(demo_project, tmp_path_factory):
     """The demo library with real features and a UMAP map (its neighbour graph stored)."""
-    from klustr_gpu.features import extract
-    from klustr_gpu.reduce import embed
+    import klustr_gpu as kg
 
     dst = tmp_path_factory.mktemp("featured") / "project"
     shutil.copytree(demo_project, dst)
-    extract(dst, sets=["mfcc"], progress=False)
-    embed(dst, method="umap", features="mfcc", progress=False)
+    kg.compute_features(dst, sets=["mfcc"], progress=False)
+    kg.embed(dst, method="umap", features="mfcc", progress=False)
     with running_server(dst, dst.parent / "server.log") as port:
         yield port, dst
 
@@ -498,10 +498,10 @@ def test_similar_sounds_come_from_the_feature_graph(browser, featured_served):
 
 
 def test_standalone_map_html_hover_and_click(browser, project):
-    from klustr_gpu.render import render
+    from klustr_gpu import render_map
 
     ARTIFACTS.mkdir(exist_ok=True)
-    out = render(project, width=600, height=400, progress=False)
+    out = render_map(project, width=600, height=400, progress=False)
     emb, _ = Project(project).read_embedding()
     x, y = emb["x"].to_numpy(), emb["y"].to_numpy()
     page = browser.new_page(viewport={"width": 1200, "height": 800})
@@ -509,7 +509,7 @@ def test_standalone_map_html_hover_and_click(browser, project):
     errors, dialogs = [], []
     page.on("pageerror", lambda e: errors.append(str(e)))
     page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
-    page.goto(out["html"].as_uri(), wait_until="load")
+    page.goto(out.html.as_uri(), wait_until="load")
     box = page.locator("#map").bounding_box()
     b = page.evaluate("() => JSON.parse(document.getElementById('data').textContent).bounds")
     s = min(box["width"] / (b[1] - b[0]), box["height"] / (b[3] - b[2]))

@@ -60,7 +60,7 @@ def project(demo_project, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def xss_project(demo_library, tmp_path_factory) -> Path:
     """A small library with a file name and a label that are HTML/script injections."""
-    from klustr_gpu.library import scan
+    from klustr_gpu import scan
 
     base = tmp_path_factory.mktemp("xss")
     lib = base / "library"
@@ -107,7 +107,10 @@ def test_load_map_by_cluster_and_errors(project, tmp_path):
     from klustr_gpu.render.data import load_map
 
     data = load_map(project, by="cluster")
-    assert list(data.color_key) == [str(i) for i in range(7)]
+    # clusters 0..6 are the demo classes in order; named by the words their paths share
+    classes = sorted(Project(project).read_manifest()["label"].unique())
+    assert list(data.color_key) == classes and len(classes) == 7
+    assert list(data.points["cluster"].cat.categories) == classes
     with pytest.raises(UsageError, match="choose one of"):
         load_map(project, by="colour")
     with pytest.raises(UsageError, match="no embedding 'nope'"):
@@ -131,7 +134,8 @@ def test_auto_colours_an_unlabelled_library_by_cluster(project, tmp_path):
     emb, meta = p.read_embedding("fake")
     p.write_embedding("fake", emb.assign(label=None), meta)
     data = load_map(dst, embedding="fake", by="auto")
-    assert data.by == "cluster" and list(data.color_key) == [str(i) for i in range(7)]
+    classes = sorted(Project(project).read_manifest()["label"].unique())
+    assert data.by == "cluster" and list(data.color_key) == classes     # named from folder and file names
     p.write_embedding("nocl", emb.assign(label=None).drop(columns="cluster"), meta)
     data = load_map(dst, embedding="nocl", by="auto")
     assert data.by == "label" and list(data.color_key) == ["(unlabelled)"]
@@ -158,13 +162,13 @@ def _rgb(hexcol: str) -> tuple[int, int, int]:
 def test_render_png_shows_every_class_as_a_group(project):
     from PIL import Image
 
-    from klustr_gpu.render import render
+    from klustr_gpu import render_map
     from klustr_gpu.render.data import load_map
 
-    out = render(project, width=600, height=450, progress=False)
-    assert out["png"] == project / "map.png" and out["html"] == project / "map.html"
-    assert out["n_points"] == 210 and out["seconds"] > 0
-    img = np.asarray(Image.open(out["png"]).convert("RGB")).astype(int)
+    out = render_map(project, width=600, height=450, progress=False)
+    assert out.png == project / "map.png" and out.html == project / "map.html"
+    assert out.n_points == 210 and out.seconds > 0
+    img = np.asarray(Image.open(out.png).convert("RGB")).astype(int)
     assert img.shape == (450, 600, 3)
     key = load_map(project).color_key
     legend_x = 600 - 150 - 1                                    # the legend strip is >= 150 px wide
@@ -180,10 +184,10 @@ def test_render_png_shows_every_class_as_a_group(project):
 
 
 def test_render_html_escapes_names(xss_project):
-    from klustr_gpu.render import render
+    from klustr_gpu import render_map
 
-    out = render(xss_project, width=300, height=200, progress=False)
-    page = out["html"].read_text(encoding="utf-8")
+    out = render_map(xss_project, width=300, height=200, progress=False)
+    page = out.html.read_text(encoding="utf-8")
     assert "<script>alert" not in page and "<img src=x" not in page
     assert html.escape(XSS_LABEL) in page                       # legend: escaped text
     data = json.loads(re.search(r'<script type="application/json" id="data">(.*?)</script>', page, re.S).group(1))
@@ -196,44 +200,100 @@ def test_render_html_escapes_names(xss_project):
 
 def test_render_html_points_and_raster_modes(project, tmp_path):
     from klustr_gpu.config import Config
-    from klustr_gpu.render import render
+    from klustr_gpu import render_map
 
     dst = tmp_path / "p"
     shutil.copytree(project, dst)
     write_fake_embedding(dst, "frames", frames=3)
-    out = render(dst, embedding="frames", width=300, height=200, progress=False)
-    page = out["html"].read_text(encoding="utf-8")
+    out = render_map(dst, embedding="frames", width=300, height=200, progress=False)
+    page = out.html.read_text(encoding="utf-8")
     data = json.loads(re.search(r'id="data">(.*?)</script>', page, re.S).group(1))
     assert data["n"] == 630 and len(data["x"]) == 630 and len(data["files"]["name"]) == 210
     assert sorted(set(data["t"])) == [0.0, 0.25, 0.5]
     assert "http" not in "".join(data["files"]["url"])           # relative paths only
     Project(dst).write_config(Config().updated({"render.html_max_points": 100}))
-    out = render(dst, embedding="frames", width=300, height=200, progress=False)
-    page = out["html"].read_text(encoding="utf-8")
+    out = render_map(dst, embedding="frames", width=300, height=200, progress=False)
+    page = out.html.read_text(encoding="utf-8")
     assert 'id="data"' not in page and "data:image/png;base64," in page and "630 points" in page
-    assert render(dst, html=False, width=300, height=200, progress=False)["html"] is None
+    assert render_map(dst, html=False, width=300, height=200, progress=False).html is None
+
+
+def test_cluster_names_are_written_on_the_map_and_in_the_legend(project, tmp_path):
+    """Coloured by cluster, map.png writes each cluster's name at its group, on a white halo,
+    through the one rendering path (the same aggregate as the picture); the legend lists the
+    names; map.html carries the same anchors for its script to draw."""
+    from PIL import Image
+
+    from klustr_gpu import render_map
+    from klustr_gpu.render.data import load_map
+    from klustr_gpu.render.static import aggregate, label_anchors
+
+    data = load_map(project, by="cluster")
+    out = render_map(project, by="cluster", width=700, height=500, progress=False)
+    img = np.asarray(Image.open(out.png).convert("RGB")).astype(int)
+    plain = tmp_path / "plain.png"
+    from klustr_gpu.render.static import render_png
+    render_png(load_map(project, by="label"), plain, width=700, height=500)   # the same groups, no names
+    base = np.asarray(Image.open(plain).convert("RGB")).astype(int)
+    dark = (img.sum(axis=2) < 120) & (base.sum(axis=2) >= 120)                # text only on the named map
+    payload = json.loads(re.search(r'id="data">(.*?)</script>', out.html.read_text(), re.S).group(1))
+    anchors = payload["anchors"]
+    assert sorted(anchors) == sorted(data.color_key) and payload["by"] == "cluster"
+    (bx0, bx1), (by0, by1) = data.bounds()
+    for name, (ax, ay) in anchors.items():
+        pts = data.points[data.points["cluster"] == name]
+        assert abs(ax - pts["x"].median()) < 2.5 and abs(ay - pts["y"].median()) < 2.5, name   # on its group
+    map_w = int(np.flatnonzero((img == 221).all(axis=2).all(axis=0))[0])      # the legend's separator line
+    (mx0, mx1), (my0, my1) = data.bounds(aspect=map_w / img.shape[0])
+    png_anchors = label_anchors(aggregate(data.points, by="cluster", width=map_w, height=img.shape[0],
+                                          x_range=(mx0, mx1), y_range=(my0, my1)))
+    assert sorted(png_anchors) == sorted(anchors)
+    for name, (ax, ay) in png_anchors.items():                                # dark text at every anchor
+        px = int((ax - mx0) / (mx1 - mx0) * map_w)
+        py = int((my1 - ay) / (my1 - my0) * img.shape[0])
+        assert dark[max(0, py - 15):py + 15, max(0, px - 40):px + 40].sum() > 15, name
+    agg = aggregate(data.points, by="cluster", width=300, height=300, x_range=(bx0, bx1), y_range=(by0, by1))
+    again = label_anchors(agg)
+    assert again == label_anchors(agg) and sorted(again) == sorted(anchors)    # deterministic
+    labelled = json.loads(re.search(r'id="data">(.*?)</script>', render_map(project, by="label", width=300, height=200,
+                                                                          progress=False).html.read_text(), re.S).group(1))
+    assert labelled["anchors"] == {}                                          # labels: legend only, as before
+
+
+def test_html_payload_marks_what_a_browser_cannot_play(project):
+    from klustr_gpu.render.data import load_map
+    from klustr_gpu.render.static import html_payload
+
+    data = load_map(project)
+    payload = html_payload(data, Project(project))
+    fmts = payload["files"]["fmt"]
+    names = payload["files"]["name"]
+    assert len(fmts) == len(names) and {"WAV", "FLAC", "OGG", "AIFF"} <= set(fmts)
+    assert all(n.upper().endswith("." + f) for n, f in zip(names, fmts))
+    assert payload["types"]["AIFF"] == "audio/aiff" and payload["types"]["WAV"] == "audio/wav"
+    assert payload["converted"] == ["AIF", "AIFF"]
 
 
 def test_render_rejects_tiny_sizes(project):
-    from klustr_gpu.render import render
+    from klustr_gpu import render_map
 
     with pytest.raises(UsageError, match="too small"):
-        render(project, width=10, height=10, progress=False)
+        render_map(project, width=10, height=10, progress=False)
 
 
 # -- the HoloViews plot ------------------------------------------------------------------------
 
 def test_plot_is_a_datashaded_dynamic_map(project):
-    import klustr_gpu.render
+    import klustr_gpu
     import klustr_gpu.render.app  # noqa: F401  (importing submodules must not shadow the API)
 
     import holoviews as hv
     import holoviews.plotting.bokeh  # noqa: F401
     from bokeh.models import HoverTool
 
-    from klustr_gpu.render import plot
+    from klustr_gpu import plot
 
-    assert callable(klustr_gpu.render.plot)
+    assert callable(klustr_gpu.plot) and callable(klustr_gpu.render_map)
     obj = plot(project)
     assert isinstance(obj, hv.DynamicMap)
     fig = hv.render(obj, backend="bokeh")
@@ -263,7 +323,7 @@ def test_plot_of_many_points_uses_the_fast_raster(project, monkeypatch):
     import holoviews as hv
 
     import klustr_gpu.render.views as views
-    from klustr_gpu.render import plot
+    from klustr_gpu import plot
 
     monkeypatch.setattr(views, "FAST_ABOVE", 100)
     obj = plot(project)
@@ -277,11 +337,11 @@ def test_make_app_and_cluster_colouring(project):
     import panel as pn
     from PIL import Image
 
-    from klustr_gpu.render import make_app, render
+    from klustr_gpu import make_app, render_map
     from klustr_gpu.render.data import load_map
 
     assert isinstance(make_app(project), pn.Row)
-    out = render(project, by="cluster", html=False, width=400, height=300, progress=False)
-    img = np.asarray(Image.open(out["png"]).convert("RGB")).astype(int)
+    out = render_map(project, by="cluster", html=False, width=400, height=300, progress=False)
+    img = np.asarray(Image.open(out.png).convert("RGB")).astype(int)
     for colour in load_map(project, by="cluster").color_key.values():
         assert (np.abs(img - np.array(_rgb(colour))).sum(axis=2) < 40).sum() > 10

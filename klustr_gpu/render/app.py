@@ -24,8 +24,8 @@ from .data import MapData, load_map
 from .export import copy_selection, selection_csv, selection_m3u
 from .filters import PointFilter
 from .mapview import REGISTRY, Layers, ViewState, base_raster
-from .security import TRANSCODE, AudioIndex, audio_type, audio_url, esc
-from .views import category_positions
+from .security import TRANSCODE, AudioIndex, audio_type, esc
+from .static import html_anchors
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,9 @@ class MapApp:
         extent = max(x1 - x0, y1 - y0)
         self.canvas = MapCanvas(src=f"/view/{self.view.name}", home=[x0, x1, y0, y1],
                                 limits=[extent / ZOOM_IN_LIMIT, extent * ZOOM_OUT_LIMIT],
-                                annotations=category_positions(data), sizing_mode="stretch_both",
+                                annotations=[{"x": v[0], "y": v[1], "text": k}    # cluster names, as map.html
+                                             for k, v in html_anchors(data, (x0, x1), (y0, y1)).items()],
+                                sizing_mode="stretch_both",
                                 min_height=500)
         self.canvas.on_msg(lambda event: self._on_map_msg(event.data))
         self.sound = SoundPanel(sizing_mode="stretch_width", margin=(5, 10))
@@ -314,8 +316,9 @@ class MapApp:
 
     # -- playing and similar sounds ------------------------------------------------------------
     def audio(self, i: int) -> str:
+        """The page's URL of point ``i``'s file (``/audio/<token>``, ``#t=START`` for frames)."""
         row = self.data.points.iloc[i]
-        return audio_url(row["file_id"], float(row["start"]))
+        return self.index.url(row["file_id"], float(row["start"]))
 
     def item(self, i: int) -> dict:
         """What the page shows of point ``i``: text, its audio URL and its drag data."""
@@ -417,7 +420,7 @@ class MapApp:
     def _table_frame(self) -> pd.DataFrame:
         pts = self.selected_points()
         paths = pts["path"].astype(str)
-        urls = [audio_url(f, float(s)) for f, s in zip(pts["file_id"], pts["start"])]
+        urls = [self.index.url(f, float(s)) for f, s in zip(pts["file_id"], pts["start"])]
         return pd.DataFrame({                      # typed even when empty: the table's columns keep their kind
             "drag": np.array([esc(drag_spec(p, u)) for p, u in zip(paths, urls)], dtype=object),
             "name": pts["name"].astype(str).to_numpy(dtype=object),

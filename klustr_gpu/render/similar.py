@@ -70,14 +70,14 @@ def _load(path: Path) -> np.ndarray:
 
 def agrees(indices: np.ndarray, Xp: np.ndarray, metric: str, *, rows: int = CHECK_ROWS, seed: int = 0) -> bool:
     """Whether a graph's rows agree with exact neighbours of ``rows`` sampled rows of ``Xp``."""
-    from ..reduce.neighbours import query_knn
+    from ..reduce.neighbours import NeighbourSearch
 
     n, k = indices.shape
     if n != Xp.shape[0] or k < 1:
         return False
     k = min(k, 10)
     sample = np.random.default_rng(seed).choice(n, size=min(rows, n), replace=False)
-    idx, _ = query_knn(Xp, Xp[sample], k + 1, metric=metric, device="cpu")
+    idx, _ = NeighbourSearch(Xp, metric=metric, device="cpu").query(Xp[sample], k + 1)
     recall = [len(set(indices[r, :k]) & (set(row) - {r})) / k for r, row in zip(sample, idx)]
     return float(np.mean(recall)) >= CHECK_RECALL
 
@@ -133,8 +133,7 @@ class SimilarSounds:
         if spec is None:
             return self._none("this map's embedding records no feature set.")
         table = load(self.project, name=spec["features"], frames=self._frames)
-        Xp = preprocess(table.X, standardize=spec["standardize"], pca_components=spec["pca_components"],
-                        seed=spec["seed"])
+        Xp = preprocess(table.X, standardize=spec["standardize"], pca_components=spec["pca_components"])
         folder = self.project.path / "neighbours"
         metric, tag = spec["metric"], re.sub(r"[^A-Za-z0-9_.]+", "_", spec["features"])
         key = graph_key(Xp, metric)

@@ -77,19 +77,6 @@ def rgb_element(df, data: MapData, *, x_range=None, y_range=None, width=None, he
     return hv.RGB(rgba, bounds=(xr[0], yr[0], xr[1], yr[1]), kdims=["x", "y"], vdims=list("RGBA"))
 
 
-def category_positions(data: MapData, *, most: int = 30) -> list[dict]:
-    """Names to place on the map: each category of ``data.by`` (not the unlabelled) at the
-    median of its points, as ``[{"x", "y", "text"}]``; none above ``most`` categories."""
-    from .data import UNLABELLED
-
-    cats = [c for c in data.points[data.by].cat.categories if str(c) != UNLABELLED]
-    if not cats or len(cats) > most:
-        return []
-    med = data.points.groupby(data.by, observed=True)[["x", "y"]].median()
-    return [{"x": float(med.loc[c, "x"]), "y": float(med.loc[c, "y"]), "text": str(c)}
-            for c in cats if c in med.index]
-
-
 def fast_raster(data: MapData):
     """A DynamicMap re-rasterising all points on every zoom/pan with :func:`rgb_element`."""
     import holoviews as hv
