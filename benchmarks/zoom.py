@@ -209,7 +209,7 @@ def measure(polls: dict) -> dict | None:
     first = next((t for t, h in after if h != before), None)
     sharp = next((t for t, h in after if h == final), None)
     return {"first_change_s": None if first is None else (first - t0) / 1000,
-            "sharp_s": None if sharp is None else (sharp - t0) / 1000, "changed": final != before}
+            "sharp_s": None if sharp is None else (sharp - t0) / 1000, "changed": final != before, "t0": t0}
 
 
 def drive(url: str, repeat: int, dpr: float, browser) -> dict:
@@ -296,6 +296,26 @@ def breakdown(pictures: list[dict]) -> dict:
     return out
 
 
+def gesture_breakdown(gestures: list[dict], pictures: list[dict]) -> dict:
+    """Median milliseconds from each gesture's event (a wheel notch, a pointer-up) to its sharp
+    picture, split: the event to the request of the last picture drawn for it, that request to
+    its response headers (the server's queue, render and encode within), the body, the paint
+    (unpack, bitmap, draw), and the drawn picture to the poll that saw it."""
+    rows = []
+    for g in gestures:
+        if g.get("sharp_s") is None or g.get("t0") is None:
+            continue
+        seen = g["t0"] + 1000 * g["sharp_s"]
+        drawn = [p for p in pictures if p.get("t_drawn") is not None and g["t0"] <= p["t_drawn"] <= seen]
+        if not drawn:
+            continue
+        p = max(drawn, key=lambda q: q["t_drawn"])
+        rows.append({"event_to_request": p["t0"] - g["t0"], "request_to_headers": p["headers_ms"],
+                     "body": p["body_ms"], "paint": p["paint_ms"], "drawn_to_seen": seen - p["t_drawn"],
+                     "total": 1000 * g["sharp_s"]})
+    return {k: median(r[k] for r in rows) for k in (rows[0] if rows else {})} | {"n": len(rows)}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--points", type=int, default=1_000_000)
@@ -334,6 +354,8 @@ def main(argv=None) -> int:
             r.update(summary(name, r))
             if r["pictures"]:
                 r["breakdown"] = breakdown(r["pictures"])
+                r["zoom_breakdown"] = gesture_breakdown(r["zoom"], r["pictures"])
+                r["pan_breakdown"] = gesture_breakdown(r["pan"], r["pictures"])
             results["apps"].append(r)
             log(json.dumps({k: r[k] for k in ("app", "zoom_sharp_s", "pan_sharp_s", "zoom_first_s", "pan_first_s",
                                               "n", "canvas_px")}))
@@ -358,6 +380,11 @@ def main(argv=None) -> int:
         if r.get("breakdown"):
             print(f"\nwhere a picture's time goes ({r['app']}, medians over {r['breakdown']['n']} pictures): "
                   + ", ".join(f"{k} {v:,.1f}" for k, v in r["breakdown"].items() if k != "n" and v is not None))
+        for kind in ("zoom", "pan"):
+            b = r.get(f"{kind}_breakdown")
+            if b and b["n"]:
+                print(f"\n{kind}: event to sharp picture, ms (medians over {b['n']}): "
+                      + ", ".join(f"{k.replace('_', ' ')} {v:,.1f}" for k, v in b.items() if k != "n"))
     return 0
 
 

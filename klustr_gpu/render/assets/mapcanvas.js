@@ -170,9 +170,10 @@ export function render({ model }) {
     const v = view();
     return [model.src, model.version, pic.width, pic.height, v.x0, v.x1, v.y0, v.y1].join('|');
   }
-  function changed(now) {          // the view moved: redraw at once, ask for the sharp picture
-    clampView(); draw(); showTip();
+  function changed(now) {          // the view moved: ask for the sharp picture, redraw the old one at once
+    clampView();
     schedule(now);
+    draw(); showTip();
     if (model.hover && model.hover.x !== undefined) { model.hover = {}; }
   }
   function schedule(now) {
@@ -206,9 +207,9 @@ export function render({ model }) {
       const t2 = performance.now();
       root.dataset.drawn = String(s);
       root.dataset.image = `${W}x${H}`;
-      stats.push({ seq: s, t0, fetch_ms: t1 - t0, headers_ms: th - t0, body_ms: t1 - th, paint_ms: t2 - t1,
-                   bytes: buf.byteLength, server: r.headers.get('Server-Timing') || '' });
-      if (stats.length > 50) stats.shift();
+      stats.push({ seq: s, t0, t_drawn: t2, fetch_ms: t1 - t0, headers_ms: th - t0, body_ms: t1 - th,
+                   paint_ms: t2 - t1, bytes: buf.byteLength, server: r.headers.get('Server-Timing') || '' });
+      if (stats.length > 500) stats.shift();
     } catch (err) {
       showHint('The server does not answer: is klustr serve still running?');
       console.warn('klustr map: picture failed', err);
