@@ -2,19 +2,20 @@
 
 The app's map (:class:`.components.MapCanvas`) draws images it fetches itself, as soon as the
 view changes, rather than waiting for Bokeh's level-of-detail timeout: the picture of the
-session's *visible* points (its filter) over the asked range at the canvas's device pixels,
-with the session's selection in full colour over the other points dimmed. Each session has a
+session's *shown* points (its filter) over the asked range at the canvas's device pixels, with
+the session's selection in full colour over the other points dimmed. Each session has a
 :class:`ViewState` under a random 128-bit name that only its page knows; the points behind it
-are the server's shared read-only frame, filtered copies of three columns at most.
+are the server's shared :func:`base_raster` and subsets of it.
 
 Speed (what a wheel notch waits for): the picture is :func:`.static.shade`'s, drawn by
 :class:`.raster.Raster` (the points held sorted along a grid; pixel for pixel the same picture
-in a quarter of the time), sent as its non-empty pixels (:func:`runs`: a third of the raw bytes for a typical
-map): as they are over loopback, gzip level 1 to another machine (``Content-Encoding``: the
-browser inflates it natively). Both are 5-10 times faster to make than a PNG of the same pixels. Renders run in a small pool off the IOLoop; a request that a newer one
-of the same session has overtaken before it started is answered ``204`` without rendering, so
-a burst of wheel events or a long drag never queues stale work. The query is checked by
-:func:`.tiles.parse_tile` (the ``/tile.png`` rules).
+in half the time), sent as its non-empty pixels (:func:`runs`: a third of the raw bytes for a
+typical map) as they are over loopback and gzipped (level 1) to another machine
+(``Content-Encoding``: the browser inflates it natively); either is 5-10 times faster to make
+than a PNG of the same pixels. Renders run in a small pool off the IOLoop; a request that a
+newer one of the same session has overtaken before it started is answered ``204`` without
+rendering, so a burst of wheel events or a long drag never queues stale work. The query is
+checked by :func:`.tiles.parse_tile` (the ``/tile.png`` rules).
 """
 from __future__ import annotations
 

@@ -9,7 +9,8 @@ listing each pixel a point falls on; a second pass over those pixels only turns 
 the count-weighted mean colour (exactly ``shade_categorical``'s mix, the sums being exact) and
 the counts into :func:`.static.equalised_alpha` (which looks at non-empty pixels only);
 datashader's ``dynspread`` follows as in ``static.shade``. The picture is the same (tested pixel for pixel);
-at 1,000,000 points it takes a quarter of the time (:mod:`benchmarks.zoom`).
+at 1,000,000 points it takes half the time (29 against 54 ms at 1020x884, 74 against 147 ms
+at 2040x1768, measured in one process under load 7), and a fraction of the memory traffic.
 """
 from __future__ import annotations
 
