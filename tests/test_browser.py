@@ -171,6 +171,15 @@ class MapPage:
             "(c, [x, y]) => Array.from(c.getContext('2d').getImageData(Math.round(x * c.width / c.clientWidth),"
             " Math.round(y * c.height / c.clientHeight), 1, 1).data)", [float(px - box["x"]), float(py - box["y"])])
 
+    def play_isolated(self, points, min_px: float = 14) -> int:
+        """Click a shown point with no other within ``min_px``; returns its index once it plays."""
+        x, y = points["x"].to_numpy(), points["y"].to_numpy()
+        i = _pick_isolated(x, y, self.inside(x, y), self.to_px, min_px=min_px)
+        px, py = self.to_px(x, y)
+        self.click(px[i], py[i])
+        _wait(lambda: self.src() == audio_path(points["file_id"].iloc[i]), 10, "the click to play")
+        return i
+
     def close(self) -> None:
         assert not self.dialogs and not self.page.evaluate("() => window.__xss || null")
         assert not self.errors, self.errors
@@ -312,11 +321,7 @@ def test_search_as_you_type_facets_and_title(browser, served, points):
 
 def test_keys_step_through_the_similar_sounds(browser, served, points):
     m = MapPage(browser, served)
-    x, y = points["x"].to_numpy(), points["y"].to_numpy()
-    i = _pick_isolated(x, y, m.inside(x, y), m.to_px, min_px=14)
-    px, py = m.to_px(x, y)
-    m.click(px[i], py[i])
-    _wait(lambda: m.src() == audio_path(points["file_id"].iloc[i]), 10, "the click to play")
+    m.play_isolated(points)
     items = m.page.locator(".klustr-neighbours li")
     _wait(lambda: items.count() >= 3, 10, "the similar sounds")
     names = [li.locator(".klustr-name").text_content() for li in items.all()]
@@ -353,10 +358,8 @@ DRAG_PROBE = """() => { window.__drags = [];
 def test_a_sound_drags_out_as_its_file(browser, served, points, project):
     m = MapPage(browser, served)
     m.page.evaluate(DRAG_PROBE)
-    x, y = points["x"].to_numpy(), points["y"].to_numpy()
-    i = _pick_isolated(x, y, m.inside(x, y), m.to_px, min_px=14)
-    px, py = m.to_px(x, y)
-    m.click(px[i], py[i])
+    i = m.play_isolated(points)
+    px, py = m.to_px(points["x"].to_numpy(), points["y"].to_numpy())
     _wait(lambda: m.page.locator(".klustr-neighbours li").count() >= 3, 10, "the similar sounds")
     m.page.locator(".klustr-neighbours li").first.drag_to(m.map)
     m.page.locator(".klustr-now .klustr-item").drag_to(m.map)
@@ -419,10 +422,8 @@ def test_zoom_is_bounded_and_an_empty_view_says_so(browser, served, points):
 
 def test_the_side_panel_keeps_exports_in_view_and_players_inside(browser, served, points):
     m = MapPage(browser, served)
+    m.play_isolated(points)
     x, y = points["x"].to_numpy(), points["y"].to_numpy()
-    i = _pick_isolated(x, y, m.inside(x, y), m.to_px, min_px=14)
-    px, py = m.to_px(x, y)
-    m.click(px[i], py[i])
     _wait(lambda: m.page.locator(".klustr-neighbours li").count() >= 5, 10, "the similar sounds")
     for name in ("CSV", "M3U", "Copy files", "Clear"):
         b = m.page.locator("button", has_text=name).first.bounding_box()

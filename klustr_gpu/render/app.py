@@ -6,7 +6,7 @@ similar-sounds graph (:mod:`.similar`) are loaded once per server and shared rea
 is a :class:`.components.MapCanvas` drawing the session's pictures (:mod:`.mapview`): the
 points the filter shows, the selection in full colour over the rest dimmed. A click finds the
 nearest shown point (numpy, brute force: ~10 ms at 1M points), plays it through
-``/audio/<id>`` (``#t=START`` for frame points) and lists its similar sounds. Box and lasso
+``/audio/<token>`` (``#t=START`` for frame points) and lists its similar sounds. Box and lasso
 selections fill a sortable table (a click plays, a drag carries the file out); filters prune
 the selection, and exports hold exactly the selection shown.
 """
