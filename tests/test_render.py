@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import csv
 import html
-import io
 import json
 import re
 import shutil
@@ -304,65 +303,7 @@ def test_plot_is_a_datashaded_dynamic_map(project):
     assert isinstance(rgb, hv.RGB) and {"name", "label", "duration"} <= set(rgb.data.data_vars)
 
 
-# -- the app's logic -----------------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def app(project):
-    from klustr_gpu.render.app import MapApp
-
-    return MapApp.from_project(Project(project))
-
-
-def test_click_plays_nearest_point_and_lists_neighbours(app):
-    pts = app.data.points
-    i = 17
-    app._on_tap(x=float(pts["x"][i]) + 1e-4, y=float(pts["y"][i]))
-    assert app.selected == i
-    assert f'src="{app.index.url(pts["file_id"][i])}"' in app.player.object and "autoplay" in app.player.object
-    assert f'/audio/{pts["file_id"][i]}' not in app.player.object          # never the path-derived id
-    assert html.escape(str(pts["name"][i])) in app.now.object
-    assert app.neighbours.object.count("<audio ") == app.k
-    d = np.hypot(pts["x"] - pts["x"][i], pts["y"] - pts["y"][i]).to_numpy()
-    expected = np.argsort(d, kind="stable")[1:app.k + 1]
-    listed = re.findall(r'src="/audio/([0-9a-f]{32})"', app.neighbours.object)
-    assert [app.index.resolve(t) for t in listed] == list(pts["file_id"].to_numpy()[expected])
-
-
-def test_filters_by_label_and_name(app):
-    try:
-        app.w_labels.value = ["kick", "snare"]
-        app.dmap[()]                                            # evaluate the DynamicMap
-        assert app.mask.sum() == 60 and "showing 60 of 210" in app.status.object
-        app.w_text.value = "KICK_0000"
-        app.dmap[()]
-        names = app.data.points["name"][app.mask].astype(str)
-        assert len(names) and names.str.lower().str.contains("kick_0000").all()
-        far = app.nearest(0.0, 0.0, 1)[0]                       # a click finds only visible points
-        assert app.mask[far]
-    finally:
-        app.w_labels.value, app.w_text.value = [], ""
-        app.dmap[()]
-    assert app.mask is None
-
-
-def test_box_and_lasso_selection_and_exports(app, tmp_path):
-    app._on_box(bounds=(-20, -20, 20, 0))                       # lower half
-    sel = app.selected_points()
-    assert 0 < len(sel) < 210 and (sel["y"] <= 0).all()
-    assert f"{len(sel)} selected" in app.status.object
-    rows = list(csv.DictReader(io.StringIO(app._csv().getvalue())))
-    assert len(rows) == len(sel) and {"id", "path", "label", "x", "y"} <= set(rows[0])
-    m3u = app._m3u().getvalue().splitlines()
-    assert m3u[0] == "#EXTM3U" and sum(1 for line in m3u if line.startswith("#EXTINF")) == len(sel)
-    assert all(Path(line).is_file() for line in m3u if not line.startswith("#"))
-    app._on_lasso(geometry=np.array([[-20, 0], [20, 0], [20, 20], [-20, 20]]))   # upper half
-    sel2 = app.selected_points()
-    assert len(sel2) and (sel2["y"] >= 0).all() and len(sel) + len(sel2) == 210
-    app.w_folder.value = str(tmp_path / "out")
-    app._on_copy()
-    copied = sorted(p.name for p in (tmp_path / "out").iterdir())
-    assert len(copied) == len(sel2) and f"Copied {len(sel2)} files" in app.export_msg.object
-
+# -- the app's logic: tests/test_app.py ------------------------------------------------------
 
 def test_copy_is_confined_when_serving_to_the_network(project, tmp_path):
     from klustr_gpu.render.export import copy_selection
@@ -376,44 +317,6 @@ def test_copy_is_confined_when_serving_to_the_network(project, tmp_path):
         copy_selection(pts, index, "../../escape", allowed_root=tmp_path / "exports")
     n, folder = copy_selection(pts, index, "mine", allowed_root=tmp_path / "exports")
     assert n == 1 and folder == (tmp_path / "exports" / "mine").resolve()
-
-
-def test_frame_points_play_from_their_start(project, tmp_path):
-    from klustr_gpu.render.app import MapApp
-
-    dst = tmp_path / "p"
-    shutil.copytree(project, dst)
-    write_fake_embedding(dst, "frames", frames=4)
-    app = MapApp.from_project(Project(dst), embedding="frames")
-    pts = app.data.points
-    i = int(np.flatnonzero(pts["start"].to_numpy() == 0.75)[0])
-    app.play(i)
-    assert f'src="{app.index.url(pts["file_id"][i])}#t=0.750"' in app.player.object
-    assert f'data-id="{pts["id"][i]}"' in app.player.object
-
-
-def test_app_escapes_names(xss_project):
-    from klustr_gpu.render.app import MapApp
-
-    app = MapApp.from_project(Project(xss_project))
-    i = int(np.flatnonzero(app.data.points["name"].astype(str) == XSS_NAME)[0])
-    app.play(i)
-    for text in (app.now.object, app.neighbours.object, app._legend_html()):
-        assert "<script" not in text and "<img" not in text
-    assert html.escape(XSS_NAME) in app.now.object
-    assert html.escape(XSS_LABEL) in app._legend_html()
-
-
-def test_click_far_from_every_point_plays_nothing(app):
-    before = app.player.object
-    try:
-        app.range.event(x_range=(-200.0, 200.0), y_range=(-200.0, 200.0))
-        assert app.tap_tolerance() == pytest.approx(12.0)
-        app._on_tap(x=150.0, y=150.0)
-        assert app.player.object == before and "No sample there" in app.now.object
-    finally:
-        app.range.event(x_range=None, y_range=None)
-    assert app.tap_tolerance() is None
 
 
 def test_plot_of_many_points_uses_the_fast_raster(project, monkeypatch):

@@ -102,14 +102,19 @@ def _refused(status, body: bytes, headers: dict | None = None) -> None:
 SESSIONS = r"""
 import sys, time, urllib.request
 import panel  # registers the app's bokeh models
+import klustr_gpu.render.components  # and the map's component models
+import panel.models.tabulator  # the selection table
 from bokeh.client import pull_session
 port, n = int(sys.argv[1]), int(sys.argv[2])
-for i in range(n):                       # each page load makes a session that datashades the map
+for i in range(n):                       # each page load makes a session (a MapApp)
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=60) as r:
         assert r.status == 200 and b"bokeh" in r.read().lower()
 for i in range(2):                       # and full websocket sessions, each with its own map render
     s = pull_session(url=f"http://127.0.0.1:{port}/")
-    assert any(type(m).__name__ == "ImageRGBA" for m in s.document.models)
+    src = next(m.src for m in s.document.models if type(m).__name__.startswith("MapCanvas"))
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{src}/1?x0=-10&x1=10&y0=-10&y1=10&w=900&h=700",
+                                timeout=60) as r:
+        assert r.status == 200 and r.headers["X-Klustr-Size"] == "900x700"
     s.close()
 print("sessions ok", flush=True)
 """

@@ -15,9 +15,9 @@ from ..store import Project
 from .app import MapApp, pn_modules
 from .data import load_map
 from .guard import HostPolicy, harden, split_host
+from .mapview import view_route, warm_up
 from .security import AudioHandler, AudioIndex, is_loopback, use_audio_key
 from .tiles import tile_route
-from .views import rgb_element
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +70,8 @@ def serve(project: Project, *, port: int = 5006, host: str = "127.0.0.1", embedd
     def session():
         return MapApp(data, index, project=project, neighbours=cfg.neighbours, export_root=export_root).layout
 
-    rgb_element(data.points.iloc[:1000], data, width=64, height=64)   # compile datashader's kernels now
-    own = [audio_route(index), tile_route(data)]
+    warm_up(data)                      # compile datashader's kernels now, not in the first session
+    own = [audio_route(index), tile_route(data), view_route()]
     bokeh_origins = [o for o in policy.websocket_origins() if not o.startswith("[")]   # harden() adds IPv6
     server = pn.serve(session, port=port, address=host, websocket_origin=bokeh_origins, show=show,
                       title="klustr_gpu map", extra_patterns=list(own), verbose=True, start=False,

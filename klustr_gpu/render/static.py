@@ -132,6 +132,24 @@ def _mix_kernel():
 _MIX = None
 
 
+def equalised_alpha(out: np.ndarray, totals: np.ndarray, min_alpha: int = 170) -> None:
+    """Set the alpha of ``out [n, 4]`` (uint8 RGBA pixels) from the histogram-equalised
+    ``totals [n]`` (points per pixel): the lowest count gets ``min_alpha``, the highest 255,
+    empty pixels stay 0 -- what ``tf.shade(how="eq_hist")`` does to alpha. In place."""
+    nz = np.flatnonzero(totals)
+    if len(nz):
+        t = totals[nz]
+        if t.max() <= 4_000_000:                 # CDF of the counts by bincount (no sort)
+            cdf = np.cumsum(np.bincount(t)) / len(t)
+            key, lo = t, cdf[t.min()]
+        else:
+            _, key, cnt = np.unique(t, return_inverse=True, return_counts=True)
+            cdf = np.cumsum(cnt) / len(t)
+            lo = cdf[0]
+        norm = (cdf - lo) / (1.0 - lo) if lo < 1.0 else np.ones_like(cdf)
+        out[nz, 3] = np.rint(min_alpha + (255 - min_alpha) * norm[key]).astype(np.uint8)
+
+
 def shade_categorical(agg, color_key: dict[str, str], *, min_alpha: int = 170):
     """Shade a ``count_cat`` aggregate ``(y, x, category)``: each pixel gets the count-weighted
     mean colour of its categories and an alpha from the histogram-equalised total count
@@ -148,18 +166,7 @@ def shade_categorical(agg, color_key: dict[str, str], *, min_alpha: int = 170):
     out = np.zeros((h * w, 4), dtype=np.uint8)
     totals = np.zeros(h * w, dtype=np.int64)
     _mix_kernel()(flat, colours, out, totals)
-    nz = np.flatnonzero(totals)
-    if len(nz):
-        t = totals[nz]
-        if t.max() <= 4_000_000:                 # CDF of the counts by bincount (no sort)
-            cdf = np.cumsum(np.bincount(t)) / len(t)
-            key, lo = t, cdf[t.min()]
-        else:
-            _, key, cnt = np.unique(t, return_inverse=True, return_counts=True)
-            cdf = np.cumsum(cnt) / len(t)
-            lo = cdf[0]
-        norm = (cdf - lo) / (1.0 - lo) if lo < 1.0 else np.ones_like(cdf)
-        out[nz, 3] = np.rint(min_alpha + (255 - min_alpha) * norm[key]).astype(np.uint8)
+    equalised_alpha(out, totals, min_alpha)
     packed = out.view(np.uint32).reshape(h, w)
     return tf.Image(packed, coords={ydim: agg.coords[ydim], xdim: agg.coords[xdim]}, dims=[ydim, xdim])
 
