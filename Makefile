@@ -9,13 +9,20 @@ DEMO_N   ?= 3000
 DEMO_DIR ?= demo
 HYDROGEN ?= $(HOME)/.cache/klustr_gpu/hydrogen
 PYTEST_ARGS ?=
+# make wheelhouse: klustr_gpu + its dependencies as wheels for a host with no package index
+# (docs/gpu.md). Any Python with pip builds it: .venv's when there is one (no install needed).
+WHEELHOUSE ?= wheelhouse
+WHEELHOUSE_ARGS ?=
+WHEELHOUSE_PY = $(if $(wildcard $(PY)),$(PY),$(PYTHON))
 
-.PHONY: venv demo test hydrogen bench clean help
+.PHONY: venv demo test hydrogen bench clean help wheelhouse wheelhouse-h200
 
 help:
 	@echo "make demo   - install into .venv, synthesise $(DEMO_N) one-shots, map them (prints where map.png is)"
 	@echo "make test   - install into .venv if needed, run the test suite"
 	@echo "make bench  - run the benchmarks, rewrite benchmarks/RESULTS.md"
+	@echo "make wheelhouse - wheels for an offline host: this Python (WHEELHOUSE_ARGS='--python 3.12 ...')"
+	@echo "make wheelhouse-h200 - the wheelhouse for the lent H200 (Python 3.12, manylinux x86-64, <= 60 MiB)"
 
 # torch first, then torchaudio against that exact torch (see README: the CPU-only torch on some
 # machines does not work with PyPI's torchaudio), then the project with its test extra.
@@ -44,6 +51,13 @@ test: $(STAMP) hydrogen
 
 bench: $(STAMP) hydrogen
 	$(PY) benchmarks/run_all.py
+
+wheelhouse:
+	$(WHEELHOUSE_PY) tools/wheelhouse.py --dest $(WHEELHOUSE) $(WHEELHOUSE_ARGS)
+
+wheelhouse-h200:
+	$(WHEELHOUSE_PY) tools/wheelhouse.py --dest $(WHEELHOUSE) --python 3.12 --platform manylinux-x86_64 \
+	  --assume-present device-h200 --max-mib 60 $(WHEELHOUSE_ARGS)
 
 clean:
 	rm -rf $(DEMO_DIR) .pytest_cache test-artifacts

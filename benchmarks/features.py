@@ -7,7 +7,7 @@
     grouped, dB, cropped 32x32, min-max) and the eight descriptors, one file at a time, one process
     (as the 2017 notebooks did), after an untimed warm-up (numba compilation). Run on at most
     ``--a-limit`` files; its rate is per file.
-(b) ``klustr``: ``extract(project, device="cpu")`` under the klustr preset (sets stft, mfcc, mir;
+(b) ``klustr``: ``compute_features(project, device="cpu")`` under the klustr preset (sets stft, mfcc, mir;
     48 kHz, 0.25 s clips), worker-process decoding overlapped with batched torch features.
 (c) ``decode``: the same decoding (worker pool, or the main process for small jobs, as (b)
     chooses) with no features at all.
@@ -74,14 +74,16 @@ def way_2017(paths: list[Path], cfg: Config) -> int:
 
 def decode_only(project: Project, cfg: Config) -> int:
     """(c): the extract pipeline's decoding (same worker pool, same tasks), no features."""
-    from klustr_gpu.features import pipeline as P
+    from klustr_gpu.features import decode as D, run as R
+    from klustr_gpu.features.plan import Layout
 
-    layout = P.Layout.from_manifest(project, project.read_manifest(), cfg, False)
+    layout = Layout.from_manifest(project, project.read_manifest(), cfg, False)
     need = np.flatnonzero(layout.ok[layout.unit_pos])
-    workers = 0 if len(need) < P.IN_PROCESS_BELOW else P.resolve_workers(cfg.features.workers)   # as extract does
+    workers = 0 if len(need) < R.IN_PROCESS_BELOW else R.resolve_workers(cfg.features.workers)   # as the stage does
     n = 0
-    with P.main_threads(workers):
-        for _ in P._ordered(P._pack(P._items(layout, need), None, P.TASK_WINDOWS_COMPUTE), cfg.audio, None, workers):
+    with R.main_threads(workers):
+        tasks = D.pack(layout.items(need), None, R.TASK_WINDOWS_COMPUTE)
+        for _ in D.ordered(tasks, D.decode_task, (cfg.audio, None), workers):
             n += 1
     return n
 
@@ -94,14 +96,13 @@ def _warm(paths: list[Path]) -> None:
 
 
 def bench_corpus(name: str, library: Path, labels: Path | None, args, work: Path) -> dict:
-    from klustr_gpu.features import extract
-    from klustr_gpu.library.scan import scan
+    from klustr_gpu import compute_features, scan
 
     cfg = Config.preset_named("klustr").updated({"features.device": "cpu"})
     proj = Project(work / name)
     shutil.rmtree(proj.path, ignore_errors=True)
     proj.write_config(cfg)
-    df = scan(library, proj, labels=labels, progress=False)
+    df = scan(library, proj, labels=labels, progress=False).manifest
     ok = df[df.status == "ok"]
     paths = [library / p for p in ok["path"]]
     clip_h = float(np.minimum(ok["duration"].to_numpy(), cfg.audio.clip_seconds).sum()) / 3600
@@ -113,9 +114,9 @@ def bench_corpus(name: str, library: Path, labels: Path | None, args, work: Path
     res["c_decode"] = _rates(n_c, t, clip_h * n_c / len(paths))
 
     with _Timer() as t:
-        s = extract(proj, progress=False)
+        s = compute_features(proj, progress=False)
     res["b_klustr"] = _rates(len(paths), t, clip_h)
-    res["b_klustr"]["set_seconds"] = {k: s[k]["seconds"] for k in ("stft", "mfcc", "mir")}
+    res["b_klustr"]["set_seconds"] = {k: s.sets[k].seconds for k in ("stft", "mfcc", "mir")}
 
     sub = paths[: args.a_limit]
     way_2017(sub[:5], cfg)                # warm-up: librosa's numba functions compile once
@@ -129,7 +130,7 @@ def bench_corpus(name: str, library: Path, labels: Path | None, args, work: Path
     if torch.cuda.is_available():
         shutil.rmtree(proj.features_root, ignore_errors=True)
         with _Timer() as t:
-            extract(proj, device="cuda", progress=False)
+            compute_features(proj, device="cuda", progress=False)
         res["b_klustr_cuda"] = _rates(len(paths), t, clip_h)
         res["b_klustr_cuda"]["device"] = torch.cuda.get_device_name()
     res["b_vs_a_speedup"] = res["b_klustr"]["clips_per_s"] / res["a_2017"]["clips_per_s"]

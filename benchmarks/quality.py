@@ -12,7 +12,7 @@ For each library, every map scored by ``klustr_gpu.score.metrics.map_scores`` (1
 accuracy of the 2-D map, trustworthiness against the map's own features):
 
 * **default**: ``klustr map LIB -o P --labels LIB/labels.csv`` with no option, through the Python
-  API (:func:`klustr_gpu.pipeline.run_map`), seed 0, then the same embedding with seeds 1 and 2
+  API (:func:`klustr_gpu.map`), seed 0, then the same embedding with seeds 1 and 2
   (``embed(P, seed=s)``: the features do not depend on the seed): mean and spread (min-max).
 * **previous default** (``--no-previous`` skips it): what ``klustr map`` did before issue 14
   (``timbre`` on 0.5 s clips, UMAP n_neighbors 15, min_dist 0.1), seeds 0-2.
@@ -209,9 +209,9 @@ def rows_2017(library: Path, paths: list[str], labels: np.ndarray, seeds: list[i
 
 def _map_rows(proj: Path, system: str, seeds: list[int], seconds: float) -> dict:
     """Score the project's default embedding (seed 0, as made) and re-embed it with the other seeds."""
+    from klustr_gpu import embed
     from klustr_gpu.features import load
-    from klustr_gpu.reduce import embed
-    from klustr_gpu.score.scoring import manifest_labels
+    from klustr_gpu.library.labels import manifest_labels
     from klustr_gpu.store import Project
 
     project = Project(proj)
@@ -233,7 +233,7 @@ def _map_rows(proj: Path, system: str, seeds: list[int], seconds: float) -> dict
 
 
 def default_rows(library: Path, work: Path, seeds: list[int], *, previous: bool) -> tuple[list[dict], Path]:
-    from klustr_gpu.pipeline import run_map
+    import klustr_gpu as kg
 
     rows = []
     runs = [("default `klustr map`", "default", None)]
@@ -243,7 +243,8 @@ def default_rows(library: Path, work: Path, seeds: list[int], *, previous: bool)
         proj = work / tag
         shutil.rmtree(proj, ignore_errors=True)
         t = time.perf_counter()
-        run_map(library, proj, labels=library / "labels.csv", overrides=overrides, progress=False)
+        kg.map(library, proj, Config().updated(overrides) if overrides else None, labels=library / "labels.csv",
+               progress=False)
         secs = time.perf_counter() - t
         rows.append(_map_rows(proj, system, seeds, secs))
         _say(f"  {system}: {rows[-1]['knn_accuracy']:.3f} {rows[-1]['per_seed']} ({secs:.0f} s)")
@@ -251,17 +252,16 @@ def default_rows(library: Path, work: Path, seeds: list[int], *, previous: bool)
 
 
 def grid_row(proj: Path, features: list[str] | None, quick: bool) -> dict:
-    from klustr_gpu.features import extract
-    from klustr_gpu.score import grid
+    from klustr_gpu import compute_features, grid
     from klustr_gpu.score.grid import component_sets, default_grid_sets
 
     cfg = Config.load(proj / "klustr.toml")
     sets = features or default_grid_sets(cfg)
-    extract(proj, cfg, sets=sorted({s for fs in sets for s in component_sets(fs)}), progress=False)
+    compute_features(proj, cfg, sets=sorted({s for fs in sets for s in component_sets(fs)}), progress=False)
     for old in (proj / "embeddings").glob("grid-*.parquet"):
         old.unlink()
     t = time.perf_counter()
-    table = grid(proj, features=sets, quick=quick, progress=False)
+    table = grid(proj, features=sets, quick=quick, progress=False).table
     secs = time.perf_counter() - t
     r = table.iloc[0]
     _say(f"  klustr grid: {len(table)} maps in {secs:.0f} s; best {r['knn_accuracy']:.3f} ({r['name']})")
@@ -287,7 +287,7 @@ def measure(name: str, library: Path, args) -> dict:
            "rows": rows}
     if args.ceiling:
         from klustr_gpu.features import load
-        from klustr_gpu.score.scoring import manifest_labels
+        from klustr_gpu.library.labels import manifest_labels
         from klustr_gpu.store import Project
 
         t = load(Project(proj), Config.load(proj / "klustr.toml").reduce.features)
@@ -388,7 +388,7 @@ def main(argv=None) -> int:
     summary = {"libraries": libs, "verdicts": {lib["library"]: verdict(lib) for lib in libs},
                "seconds": time.perf_counter() - t0, "missing": missing,
                "command": "python benchmarks/quality.py " + " ".join(argv if argv is not None else sys.argv[1:])}
-    from klustr_gpu.score.scoring import json_clean
+    from klustr_gpu.results import plain as json_clean
 
     (OUT / "quality.json").write_text(json.dumps(json_clean(summary), indent=2) + "\n")
     (OUT / "quality.md").write_text(md + "\n")

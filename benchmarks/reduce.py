@@ -40,8 +40,8 @@ def _worker(case: str, project: str, out: str) -> None:
     import numpy as np
 
     if case.startswith("klustr_"):
-        from klustr_gpu.reduce import embed
-        df = embed(project, method=case.split("_")[1], features="mfcc", name="bench", progress=False)
+        from klustr_gpu import embed
+        df = embed(project, method=case.split("_")[1], features="mfcc", name="bench", progress=False).frame
         Y = df[["x", "y"]].to_numpy(np.float32)
     else:
         from klustr_gpu.features import load
@@ -82,13 +82,13 @@ def _scale_worker(method: str, n: int, out: str, engine: str = "auto") -> None:
     logging.basicConfig(level=logging.INFO, format="%(relativeCreated)8.0f ms %(name)s: %(message)s")
     from klustr_gpu.config import Config
     from klustr_gpu.reduce import fit_embedding, preprocess
-    from klustr_gpu.reduce.embed import _method_params
+    from klustr_gpu.reduce.embed import method_params
 
     X, labels = _synthetic(n)
     r = Config().reduce
     t1 = time.perf_counter()
     Xp = preprocess(X, standardize=True, pca_components=r.pca_components)
-    Y = fit_embedding(Xp, method, engine=engine, **_method_params(r))
+    Y = fit_embedding(Xp, method, engine=engine, **method_params(r, method))
     seconds = time.perf_counter() - t1
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     sub = np.random.default_rng(1).choice(n, size=min(n, 20000), replace=False)
@@ -103,9 +103,7 @@ def _scale_worker(method: str, n: int, out: str, engine: str = "auto") -> None:
 
 def _demo_project(n: int) -> Path:
     """A scanned demo corpus of ``n`` files with mfcc features, built once and kept."""
-    from klustr_gpu.features import extract
-    from klustr_gpu.library.democorpus import demo_corpus
-    from klustr_gpu.library.scan import scan
+    from klustr_gpu import compute_features, demo_corpus, scan
 
     root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "klustr_gpu" / "bench"
     lib, proj = root / f"demo{n}", root / f"demo{n}-project"
@@ -113,7 +111,7 @@ def _demo_project(n: int) -> Path:
         print(f"building a {n}-file demo project in {proj} (once)", file=sys.stderr, flush=True)
         demo_corpus(lib, n=n, seed=0, progress=False)
         scan(lib, proj, labels=lib / "labels.csv", progress=False)
-        extract(proj, sets=["mfcc"], progress=False)
+        compute_features(proj, sets=["mfcc"], progress=False)
     return proj
 
 

@@ -9,8 +9,9 @@ Points: ``n`` float32 (x, y) in 12 Gaussian blobs with a categorical label, in m
   size, which is what a user waits for after `klustr serve` starts.
 * ``zoom``: re-rasterisation of a zoomed range (a quarter of the width and height, moving each
   repeat) at the app's plot size 980x850: the work done on every zoom/pan; median of ``--repeat``.
-* ``app callback``: ``MapApp._raster``, what the served app runs on every zoom/pan (aggregate,
-  shade, spread, wrap as ``hv.RGB``); the server then sends the RGBA picture to the browser.
+* ``app callback``: ``mapview.picture`` + ``encode``, what the served app runs on every zoom/pan
+  (the :class:`Raster` pass: aggregate and mix, equalised alpha, spread; gzip the RGBA rows, as
+  for a browser on another machine); the server then sends them to the browser.
 * ``hv``: the same through HoloViews' operations (datashade with the hover selector,
   which also gathers each pixel's point for the hover, then dynspread), first the full range
   then the zoomed ones (median). The app's server adds the transfer to the browser.
@@ -113,23 +114,22 @@ def time_app(data: MapData, repeat: int) -> tuple[float, list[float]]:
 
 
 def time_app_raster(data: MapData, repeat: int) -> tuple[float, list[float]]:
-    """The served app's own callback (``MapApp._raster``: datashader aggregate, fast shading,
-    dynspread, ``hv.RGB``) at the full range, then at the zoomed ranges."""
-    from klustr_gpu.render.app import MapApp
-    from klustr_gpu.render.security import AudioIndex
+    """The served app's picture of a view (``mapview.picture`` + ``mapview.encode``: datashader
+    aggregate, fast shading, dynspread, raw RGBA gzipped for ``/view/<session>/<seq>``) at the
+    full range, then at the zoomed ranges."""
+    from klustr_gpu.render.mapview import Layers, base_raster, encode, picture
+    from klustr_gpu.render.tiles import Tile
 
-    pts = data.points
-    full = data.__class__(points=pts.assign(name=pts["label"], duration=np.float32(0), start=np.float32(0),
-                                            file_id="0", id="0"),
-                          by=data.by, color_key=data.color_key, embedding=data.embedding)
-    app = MapApp(full, AudioIndex({}))
+    def one(xr, yr):
+        encode(picture(Layers(base_raster(data)), Tile(tuple(xr), tuple(yr), APP_W, APP_H)))
+
     t = time.perf_counter()
-    app._raster(width=APP_W, height=APP_H)
+    one(*data.bounds())                       # includes building the map's Raster (a grid sort)
     first = time.perf_counter() - t
     lat = []
     for xr, yr in zoom_ranges(data, repeat):
         t = time.perf_counter()
-        app._raster(x_range=xr, y_range=yr, width=APP_W, height=APP_H)
+        one(xr, yr)
         lat.append(time.perf_counter() - t)
     return first, lat
 

@@ -8,6 +8,9 @@
     an existing scheduler; its workers must have klustr_gpu installed and see the library and
     the project folder at the same paths (a shared file system, or an fsspec URL).
 
+A stage's ``cluster=`` takes such a spec or a connected ``distributed.Client``:
+:func:`klustr_gpu.runtime.using_cluster` is the one place that tells them apart.
+
 Scripts that start a LocalCluster need the ``if __name__ == "__main__":`` guard (the ``klustr``
 command has it).
 """
@@ -32,13 +35,14 @@ def parse(spec: str) -> tuple[str, int | str | None]:
     if m:
         n = None if m.group(1) is None else int(m.group(1))
         if n is not None and n < 1:
-            raise UsageError(f"--cluster {spec!r}: need at least one worker")
+            raise UsageError(f"cluster={spec!r}: need at least one worker", param="cluster")
         return "local", n
     if spec == "cuda":
         return "cuda", None
     if re.match(r"^(tcp|tls|ucx|inproc)://[^\s/:]+(:\d+)?/?$", spec):
         return "address", spec
-    raise UsageError(f"--cluster {spec!r}: expected local:N, cuda, or a scheduler address like tcp://host:8786")
+    raise UsageError(f"cluster={spec!r}: expected local:N, cuda, or a scheduler address like tcp://host:8786",
+                     param="cluster")
 
 
 @contextlib.contextmanager
@@ -54,17 +58,6 @@ def client(spec: str | None) -> Iterator["object | None"]:
             yield c
 
 
-@contextlib.contextmanager
-def using(cluster) -> Iterator["object | None"]:
-    """Like :func:`client`, also accepting a connected ``distributed.Client`` (yielded as it
-    is, not closed) for the API's ``cluster=`` arguments; None or "" yields None."""
-    if cluster is None or isinstance(cluster, str):
-        with client(cluster or None) as c:
-            yield c
-    else:
-        yield cluster
-
-
 def check_workers_see(c, folders) -> None:
     """Every worker of client ``c`` must see ``folders`` at the same paths (else a remote worker
     would find no audio, or no project); a :class:`UsageError` names a blind worker."""
@@ -74,10 +67,10 @@ def check_workers_see(c, folders) -> None:
         seen = c.run(os.path.isdir, str(folder))
         blind = sorted(w for w, ok in seen.items() if not ok)
         if not seen:
-            raise UsageError("--cluster: the Dask cluster has no workers")
+            raise UsageError("cluster: the Dask cluster has no workers", param="cluster")
         if blind:
-            raise UsageError(f"--cluster: {len(blind)} worker(s) cannot see {folder} (e.g. {blind[0]}); "
-                             "workers need the library and the project at the same paths")
+            raise UsageError(f"cluster: {len(blind)} worker(s) cannot see {folder} (e.g. {blind[0]}); "
+                             "workers need the library and the project at the same paths", param="cluster")
 
 
 @contextlib.contextmanager
@@ -121,7 +114,8 @@ def _open(kind: str, arg) -> Iterator["object"]:
         try:
             from dask_cuda import LocalCUDACluster
         except ImportError:
-            raise EngineUnavailable("--cluster cuda needs dask-cuda: pip install 'klustr_gpu[gpu]'") from None
+            raise EngineUnavailable("cluster='cuda' needs dask-cuda: pip install 'klustr_gpu[gpu]'",
+                                    param="cluster") from None
         with fast_malloc():
             cluster = LocalCUDACluster()
     else:
@@ -131,7 +125,7 @@ def _open(kind: str, arg) -> Iterator["object"]:
     except OSError as exc:          # an address nobody answers at (or a cluster that cannot start)
         if cluster is not None:
             cluster.close()
-        raise UsageError(f"--cluster: cannot connect to the Dask scheduler at {arg}: {exc}") from None
+        raise UsageError(f"cluster={arg!r}: cannot connect to the Dask scheduler: {exc}", param="cluster") from None
     try:
         yield c
     finally:

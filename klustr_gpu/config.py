@@ -40,9 +40,15 @@ from .errors import UsageError
 AUDIO_EXTENSIONS = (".wav", ".flac", ".aiff", ".aif", ".ogg", ".mp3")
 FFMPEG_EXTENSIONS = (".m4a", ".aac", ".opus", ".wma", ".mp4", ".webm")
 FEATURE_SETS = ("stft", "mfcc", "mir", "mel", "timbre", "descriptors", "pitchfree", "envelope", "general")
-METHODS = ("umap", "tsne", "pca")
-ENGINES = ("auto", "cuml", "torchdr", "cpu")
-DEVICES = ("auto", "cpu", "cuda")
+
+# The choices of every enumerated option, defined here once: the config checks them, the
+# library refuses anything else, and the command line offers exactly these.
+METHODS = ("umap", "tsne", "pca")                    # reduce.method
+ENGINES = ("auto", "cuml", "torchdr", "cpu")         # reduce.engine
+DEVICES = ("auto", "cpu", "cuda")                    # features.device
+COLOUR_BY = ("auto", "label", "cluster")             # render.by
+RANK_BY = ("knn_accuracy", "trustworthiness", "knn_preservation", "final")   # score.rank_by
+LABEL_FROM = ("parent",)                             # scan: label a file by ...
 
 
 @dataclass
@@ -303,12 +309,11 @@ class Config:
         for s in self.features.sets:
             if s not in FEATURE_SETS:
                 raise UsageError(f"unknown feature set {s!r}; choose from: {', '.join(FEATURE_SETS)}")
-        if self.features.device not in DEVICES:
-            raise UsageError(f"unknown device {self.features.device!r}; choose one of: {', '.join(DEVICES)}")
-        if self.reduce.method not in METHODS:
-            raise UsageError(f"unknown method {self.reduce.method!r}; choose one of: {', '.join(METHODS)}")
-        if self.reduce.engine not in ENGINES:
-            raise UsageError(f"unknown engine {self.reduce.engine!r}; choose one of: {', '.join(ENGINES)}")
+        for value, choices, param in ((self.features.device, DEVICES, "device"), (self.reduce.method, METHODS, "method"),
+                                      (self.reduce.engine, ENGINES, "engine"), (self.render.by, COLOUR_BY, "by"),
+                                      (self.score.rank_by, RANK_BY, "rank_by")):
+            if value not in choices:
+                raise UsageError(f"unknown {param} {value!r}; choose one of: {', '.join(choices)}", param=param)
         if self.audio.sample_rate < 1000 or self.audio.clip_seconds <= 0:
             raise UsageError("audio.sample_rate must be >= 1000 and audio.clip_seconds > 0")
         if self.features.batch_size < 1 or self.features.shard_size < 1:

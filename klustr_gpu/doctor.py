@@ -7,13 +7,13 @@ embedding, leftovers of interrupted writes, and whether another run holds the lo
 from __future__ import annotations
 
 import fcntl
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .config import Config
 from .errors import KlustrError, UsageError
+from .runtime import as_project
 from .store import Project
 
 
@@ -62,33 +62,50 @@ def _lock_holder(lock: Path) -> str | None:
 
 def check(project: str | Path | Project, *, fix: bool = False, max_missing_listed: int = 5) -> list[Finding]:
     """Return the findings for ``project``; ``fix=True`` removes leftovers of interrupted writes."""
-    proj = project if isinstance(project, Project) else Project(project)
+    proj = as_project(project)
     if not proj.path.is_dir():
-        raise UsageError(f"no project folder at {proj.path}")
-    out: list[Finding] = []
-    p = proj.path
-
-    # config
-    if proj.config_path.exists():
-        try:
-            Config.load(proj.config_path)
-            out.append(Finding("ok", "klustr.toml is readable"))
-        except Exception as exc:  # noqa: BLE001 - a damaged file can fail in many ways; report, never crash
-            out.append(Finding("error", f"klustr.toml cannot be read: {exc}",
-                               f"fix the file, or delete it and rerun with --preset (defaults are used)"))
-    else:
-        out.append(Finding("warn", "no klustr.toml", f"any command (e.g. `klustr scan LIBRARY -o {p}`) writes one"))
-
-    # lock
-    holder = _lock_holder(p / ".lock")
-    locked = holder is not None
-    if locked:
+        raise UsageError(f"no project folder at {proj.path}", param="project")
+    out = _check_config(proj)
+    holder = _lock_holder(proj.path / ".lock")
+    if holder is not None:
         out.append(Finding("warn", f"a run is in progress ({holder})", "wait for it to finish; results below may change"))
+    found = _check_manifest(proj, out)
+    if found is None:
+        return out
+    man, root = found
+    ok = man[man.status == "ok"]
+    out.append(Finding("ok", f"manifest: {len(man)} files, {len(ok)} ok, {len(man) - len(ok)} skipped; library {root}"))
+    out += _check_library(proj, ok, root, max_missing_listed)
+    feats: dict[str, Any] = {}
+    if proj.features_root.is_dir():
+        for d in sorted(x for x in proj.features_root.iterdir() if x.is_dir() and not x.name.startswith(".")):
+            out.append(_check_features(proj, d, feats))
+    else:
+        out.append(Finding("warn", "no features yet", f"run `klustr features {proj.path}`"))
+    ok_ids = set(ok.id.astype(str))
+    out += [_check_embedding(proj, name, ok_ids, feats) for name in proj.list_embeddings()]
+    out += _check_default(proj) + _check_leftovers(proj, fix)
+    return out
 
-    # manifest and library
+
+def _check_config(proj: Project) -> list[Finding]:
+    p = proj.path
+    if not proj.config_path.exists():
+        return [Finding("warn", "no klustr.toml", f"any command (e.g. `klustr scan LIBRARY -o {p}`) writes one")]
+    try:
+        Config.load(proj.config_path)
+        return [Finding("ok", "klustr.toml is readable")]
+    except Exception as exc:  # noqa: BLE001 - a damaged file can fail in many ways; report, never crash
+        return [Finding("error", f"klustr.toml cannot be read: {exc}",
+                        "fix the file, or delete it and rerun with --preset (defaults are used)")]
+
+
+def _check_manifest(proj: Project, out: list[Finding]):
+    """``(manifest, library root)``, or None after a finding that says why there is none."""
+    p = proj.path
     if not proj.manifest_path.exists():
         out.append(Finding("error", "no manifest.parquet", f"run `klustr scan LIBRARY -o {p}`"))
-        return out
+        return None
     try:
         man = proj.read_manifest()
         root = proj.library_root
@@ -98,68 +115,69 @@ def check(project: str | Path | Project, *, fix: bool = False, max_missing_liste
     except Exception as exc:  # noqa: BLE001 - a damaged parquet file can raise many pyarrow errors
         out.append(Finding("error", f"manifest.parquet cannot be read ({type(exc).__name__}: {exc})",
                            f"rescan: `klustr scan LIBRARY -o {p}` rewrites it"))
-        return out
-    ok = man[man.status == "ok"]
-    out.append(Finding("ok", f"manifest: {len(man)} files, {len(ok)} ok, {len(man) - len(ok)} skipped; library {root}"))
+        return None
+    return man, root
+
+
+def _listed(paths: list[str], n: int) -> str:
+    return ", ".join(paths[:n]) + (" ..." if len(paths) > n else "")
+
+
+def _check_library(proj: Project, ok, root: Path, n: int) -> list[Finding]:
+    """The ok files of the manifest against the audio on disk."""
+    p = proj.path
     if not root.is_dir():
-        out.append(Finding("error", f"the library folder {root} is gone",
-                           f"mount or restore it, or rescan its new location: `klustr scan NEWPATH -o {p}`"))
-    else:
-        missing, changed = [], []
-        for rel, size, mtime in zip(ok.path, ok["size"], ok.mtime):
-            try:
-                st = (root / rel).stat()
-            except OSError:
-                missing.append(rel)
-                continue
-            if st.st_size != size or abs(st.st_mtime - mtime) > 1e-3:
-                changed.append(rel)
-        if missing:
-            out.append(Finding("error", f"{_files(len(missing))} listed in the manifest {'is' if len(missing) == 1 else 'are'} missing: "
-                               + ", ".join(missing[:max_missing_listed]) + (" ..." if len(missing) > max_missing_listed else ""),
-                               f"restore them, or rescan: `klustr scan {root} -o {p}` then `klustr features {p}`"))
-        if changed:
-            out.append(Finding("warn", f"{_files(len(changed))} changed since the scan: "
-                               + ", ".join(changed[:max_missing_listed]) + (" ..." if len(changed) > max_missing_listed else ""),
-                               f"rescan and update: `klustr scan {root} -o {p}` then `klustr features {p}` (only they are recomputed)"))
-        if not missing and not changed:
-            out.append(Finding("ok", "every ok file is on disk, unchanged"))
+        return [Finding("error", f"the library folder {root} is gone",
+                        f"mount or restore it, or rescan its new location: `klustr scan NEWPATH -o {p}`")]
+    missing, changed = [], []
+    for rel, size, mtime in zip(ok.path, ok["size"], ok.mtime):
+        try:
+            st = (root / rel).stat()
+        except OSError:
+            missing.append(rel)
+            continue
+        if st.st_size != size or abs(st.st_mtime - mtime) > 1e-3:
+            changed.append(rel)
+    out = []
+    if missing:
+        out.append(Finding("error", f"{_files(len(missing))} listed in the manifest {'is' if len(missing) == 1 else 'are'} "
+                           f"missing: {_listed(missing, n)}",
+                           f"restore them, or rescan: `klustr scan {root} -o {p}` then `klustr features {p}`"))
+    if changed:
+        out.append(Finding("warn", f"{_files(len(changed))} changed since the scan: {_listed(changed, n)}",
+                           f"rescan and update: `klustr scan {root} -o {p}` then `klustr features {p}` "
+                           "(only they are recomputed)"))
+    if not missing and not changed:
+        out.append(Finding("ok", "every ok file is on disk, unchanged"))
+    return out
 
-    # features
-    feats: dict[str, Any] = {}
-    froot = proj.features_root
-    if froot.is_dir():
-        for d in sorted(x for x in froot.iterdir() if x.is_dir() and not x.name.startswith(".")):
-            out.append(_check_features(proj, d, feats))
-    else:
-        out.append(Finding("warn", "no features yet", f"run `klustr features {p}`"))
 
-    # embeddings
-    ok_ids = set(ok.id.astype(str))
-    for name in proj.list_embeddings():
-        out.append(_check_embedding(proj, name, ok_ids, feats))
+def _check_default(proj: Project) -> list[Finding]:
     default = proj.embeddings_dir / "DEFAULT"
     if default.exists():
         target = default.read_text(encoding="utf-8").strip()
         if not proj.embedding_path(target).exists():
-            out.append(Finding("warn", f"the default embedding {target!r} does not exist",
-                               f"`klustr grid {p}` or `klustr embed {p}` sets a new one"))
+            return [Finding("warn", f"the default embedding {target!r} does not exist",
+                            f"`klustr grid {proj.path}` or `klustr embed {proj.path}` sets a new one")]
+    return []
 
-    # leftovers
+
+def _check_leftovers(proj: Project, fix: bool) -> list[Finding]:
+    p = proj.path
     tmp = _tmp_leftovers(p)
-    if tmp and fix:
-        try:
-            with proj.lock("doctor --fix"):      # never delete the temporary file of a live run
-                for t in _tmp_leftovers(p):
-                    t.unlink(missing_ok=True)
-            out.append(Finding("ok", f"removed {len(tmp)} leftovers of interrupted writes"))
-        except KlustrError as exc:
-            out.append(Finding("warn", f"{len(tmp)} leftovers of interrupted writes not removed: {exc}",
-                               f"rerun `klustr doctor {p} --fix` when the run has finished"))
-    elif tmp:
-        out.append(Finding("warn", f"{len(tmp)} leftovers of interrupted writes (harmless temporary files)",
-                           f"`klustr doctor {p} --fix` removes them"))
-    return out
+    if not tmp:
+        return []
+    if not fix:
+        return [Finding("warn", f"{len(tmp)} leftovers of interrupted writes (harmless temporary files)",
+                        f"`klustr doctor {p} --fix` removes them")]
+    try:
+        with proj.lock("doctor --fix"):      # never delete the temporary file of a live run
+            for t in _tmp_leftovers(p):
+                t.unlink(missing_ok=True)
+        return [Finding("ok", f"removed {len(tmp)} leftovers of interrupted writes")]
+    except KlustrError as exc:
+        return [Finding("warn", f"{len(tmp)} leftovers of interrupted writes not removed: {exc}",
+                        f"rerun `klustr doctor {p} --fix` when the run has finished")]
 
 
 def _check_features(proj: Project, d: Path, feats: dict[str, Any]) -> Finding:

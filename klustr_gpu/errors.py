@@ -10,7 +10,13 @@ class UsageError(KlustrError, ValueError):
     """Wrong arguments: an unknown option value, a missing folder, an impossible engine.
 
     The command line turns it into one line on stderr and exit code 2, before any work.
+    ``param`` names the argument at fault (``"device"``, ``"cluster"``): messages speak of
+    parameters (``device='cuda'``), and the command line turns them into its flags (``--device cuda``).
     """
+
+    def __init__(self, message: str, *, param: str | None = None):
+        super().__init__(message)
+        self.param = param
 
 
 class SkipFile(KlustrError):

@@ -169,22 +169,23 @@ class Project:
     def ensure(self) -> "Project":
         """Create the folder (and parents); one clear error if that is impossible."""
         if self.path.exists() and not self.path.is_dir():
-            raise UsageError(f"output {self.path} is a file, not a folder; choose another -o")
+            raise UsageError(f"output {self.path} is a file, not a folder; choose another project folder", param="project")
         for parent in self.path.parents:
             if parent.exists() and not parent.is_dir():
-                raise UsageError(f"output {self.path} lies inside the file {parent}; choose another -o")
+                raise UsageError(f"output {self.path} lies inside the file {parent}; choose another project folder",
+                                 param="project")
         try:
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise UsageError(f"cannot create project folder {self.path}: {exc.strerror}") from None
+            raise UsageError(f"cannot create project folder {self.path}: {exc.strerror}", param="project") from None
         return self
 
     def require(self, what: str = "manifest") -> "Project":
         """Fail with a clear message if the project (or one of its stages) is missing."""
         if not self.path.is_dir():
-            raise UsageError(f"no project folder at {self.path}; run `klustr scan LIBRARY -o {self.path}` first")
+            raise UsageError(f"no project folder at {self.path}; run scan(LIBRARY, {str(self.path)!r}) first")
         if what == "manifest" and not self.manifest_path.exists():
-            raise UsageError(f"{self.path} has no manifest.parquet; run `klustr scan LIBRARY -o {self.path}` first")
+            raise UsageError(f"{self.path} has no manifest.parquet; run scan(LIBRARY, {str(self.path)!r}) first")
         return self
 
     # -- config --------------------------------------------------------------------------
@@ -202,7 +203,7 @@ class Project:
     def library_root(self) -> Path:
         meta = read_parquet_metadata(self.manifest_path) if self.manifest_path.exists() else {}
         if "library" not in meta:
-            raise UsageError(f"{self.path} has no manifest; run `klustr scan LIBRARY -o {self.path}` first")
+            raise UsageError(f"{self.path} has no manifest; run scan(LIBRARY, {str(self.path)!r}) first")
         return Path(meta["library"])
 
     def audio_path(self, rel: str) -> Path:
@@ -243,7 +244,8 @@ class Project:
         path = self.embedding_path(name)
         if not path.exists():
             known = ", ".join(self.list_embeddings()) or "none"
-            raise UsageError(f"no embedding {name!r} in {self.path} (have: {known}); run `klustr embed {self.path}`")
+            raise UsageError(f"no embedding {name!r} in {self.path} (have: {known}); run embed({str(self.path)!r})",
+                             param="embedding")
         return pd.read_parquet(path), read_parquet_metadata(path)
 
     def list_embeddings(self) -> list[str]:
@@ -259,7 +261,7 @@ class Project:
                 return name
         names = self.list_embeddings()
         if not names:
-            raise UsageError(f"{self.path} has no embeddings yet; run `klustr embed {self.path}` first")
+            raise UsageError(f"{self.path} has no embeddings yet; run embed({str(self.path)!r}) first")
         return names[0]
 
     def set_default_embedding(self, name: str) -> None:

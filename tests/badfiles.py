@@ -183,9 +183,9 @@ def small_project(demo_library: Path, root: Path, n: int, config) -> tuple[Path,
     import shutil
 
     from klustr_gpu import Project
-    from klustr_gpu.features import extract
-    from klustr_gpu.library import scan
-    from klustr_gpu.reduce import embed
+    from klustr_gpu import compute_features
+    from klustr_gpu import scan
+    from klustr_gpu import embed
 
     lib = root / "lib"
     for f in sorted(demo_library.rglob("*.wav"))[:n]:
@@ -195,6 +195,6 @@ def small_project(demo_library: Path, root: Path, n: int, config) -> tuple[Path,
     proj = Project(root / "proj")
     proj.write_config(config)
     scan(lib, proj, label_from="parent", progress=False)
-    extract(proj, config, progress=False)
+    compute_features(proj, config, progress=False)
     embed(proj, config, name="mfcc-pca", progress=False)
     return lib, proj.path

@@ -43,7 +43,7 @@ def demo_library(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def demo_project(demo_library, tmp_path_factory) -> Path:
     """``demo_library`` scanned with its labels (manifest only). Treat as read-only; copy to modify."""
-    from klustr_gpu.library.scan import scan
+    from klustr_gpu import scan
 
     proj = tmp_path_factory.mktemp("demo_project") / "project"
     scan(demo_library, proj, labels=demo_library / "labels.csv", progress=False)

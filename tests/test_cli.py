@@ -79,6 +79,7 @@ def test_impossible_engine_or_device_fails_before_work(demo_library, tmp_path, a
     r = run(*[a.format(lib=demo_library, tmp=tmp_path) for a in argv])
     assert r.returncode == 2, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+    assert f"{argv[-2]} {argv[-1]}" in r.stderr and "=" not in r.stderr     # in flags, as it was given
     assert not (tmp_path / "p" / "manifest.parquet").exists()
     assert not (tmp_path / "p" / "klustr.toml").exists()
 
@@ -97,3 +98,32 @@ def test_failed_engine_choice_is_not_saved(demo_project, tmp_path):
     assert r.returncode == 2 and "cuml" in r.stderr.lower()
     after = (proj / "klustr.toml").read_text() if (proj / "klustr.toml").exists() else None
     assert after == before
+
+
+def test_library_errors_are_printed_in_flags_and_commands():
+    """The library speaks of parameters and stages; the command line of flags and commands."""
+    from klustr_gpu.cli import translate
+
+    assert translate("device='cuda': no usable CUDA device; use device='cpu' or device='auto'") == \
+        "--device cuda: no usable CUDA device; use --device cpu or --device auto"
+    assert translate("no project folder at /p; run scan(LIBRARY, '/p') first") == \
+        "no project folder at /p; run `klustr scan LIBRARY -o /p` first"
+    assert translate("/p has no frame mode features 'mfcc'; run compute_features('/p', sets=['mfcc'], frames=True)") \
+        == "/p has no frame mode features 'mfcc'; run `klustr features /p --set mfcc --frames`"
+    assert translate("perplexity is a tsne setting; method='umap' does not use it") == \
+        "perplexity is a tsne setting; --method umap does not use it"
+    assert translate("unknown setting 'n_neigbors'") == "unknown setting 'n_neigbors'"
+
+
+def test_every_choice_comes_from_the_config():
+    """One definition of each enumerated option: the parser offers exactly config.py's choices."""
+    from klustr_gpu import config
+    from klustr_gpu.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command").choices
+    choices = {(cmd, a.dest): tuple(a.choices) for cmd, p in sub.items() for a in p._actions if a.choices}
+    assert choices[("map", "device")] == choices[("features", "device")] == config.DEVICES
+    assert choices[("map", "engine")] == choices[("embed", "engine")] == choices[("grid", "engine")] == config.ENGINES
+    assert choices[("map", "method")] == choices[("embed", "method")] == config.METHODS
+    assert choices[("render", "by")] == config.COLOUR_BY and choices[("grid", "rank_by")] == config.RANK_BY
+    assert choices[("map", "label_from")] == choices[("scan", "label_from")] == config.LABEL_FROM

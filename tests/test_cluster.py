@@ -67,10 +67,11 @@ def _copy(demo_project, tmp_path, name):
 @pytest.fixture(scope="module")
 def reference(demo_project, tmp_path_factory):
     """The in-process run."""
-    from klustr_gpu.features import extract, load
+    from klustr_gpu.features import load
+    from klustr_gpu import compute_features
 
     proj = _copy(demo_project, tmp_path_factory.mktemp("ref"), "ref")
-    summary = extract(proj, sets=SETS, progress=False)
+    summary = compute_features(proj, sets=SETS, progress=False)
     return summary, {s: load(proj, s) for s in SETS}
 
 
@@ -82,28 +83,29 @@ def _same(proj, reference):
         got = load(proj, s)
         assert np.array_equal(got.X, tables[s].X), s
         assert list(got.ids) == list(tables[s].ids)
-        assert got.X.shape[0] == summary[s]["n_rows"]
+        assert got.X.shape[0] == summary.sets[s].n_rows
 
 
 def test_local_cluster_equals_in_process(demo_project, tmp_path, client, reference):
-    from klustr_gpu.features import extract
+    from klustr_gpu import compute_features
 
     proj = _copy(demo_project, tmp_path, "dask")
-    summary = extract(proj, sets=SETS, cluster=client, progress=False)
+    summary = compute_features(proj, sets=SETS, cluster=client, progress=False)
     _same(proj, reference)
     ref = reference[0]
-    assert summary["skipped"] == ref["skipped"]
+    assert summary.skipped == ref.skipped
     for s in SETS:
-        assert summary[s]["computed"] == ref[s]["computed"] and summary[s]["n_rows"] == ref[s]["n_rows"]
-    again = extract(proj, sets=SETS, cluster=client, progress=False)       # complete: nothing to do
-    assert all(again[s]["computed"] == 0 for s in SETS)
+        assert summary.sets[s].computed == ref.sets[s].computed and summary.sets[s].n_rows == ref.sets[s].n_rows
+    again = compute_features(proj, sets=SETS, cluster=client, progress=False)       # complete: nothing to do
+    assert all(again.sets[s].computed == 0 for s in SETS)
 
 
 def test_killed_worker_still_complete_and_identical(demo_project, tmp_path, client, reference):
     from distributed import Client, LocalCluster
 
     from klustr_gpu.cluster import fast_malloc
-    from klustr_gpu.features import distributed as dist, extract
+    from klustr_gpu.features import distributed as dist
+    from klustr_gpu import compute_features
 
     proj = _copy(demo_project, tmp_path, "killed")
     # a cluster of its own: the killed worker must not disturb the other tests
@@ -111,7 +113,7 @@ def test_killed_worker_still_complete_and_identical(demo_project, tmp_path, clie
                       silence_logs=logging.CRITICAL) as cluster, Client(cluster) as c:
         pids = c.run(os.getpid)                     # {worker address: pid}
         killed = []
-        real = dist._commit
+        real = dist.commit_clips
 
         def commit_then_kill(res, active):
             real(res, active)
@@ -121,11 +123,11 @@ def test_killed_worker_still_complete_and_identical(demo_project, tmp_path, clie
                 os.kill(pids[busy[0]], signal.SIGKILL)
                 killed.append(busy[0])
 
-        dist._commit = commit_then_kill
+        dist.commit_clips = commit_then_kill
         try:
-            extract(proj, sets=SETS, cluster=c, progress=False)
+            compute_features(proj, sets=SETS, cluster=c, progress=False)
         finally:
-            dist._commit = real
+            dist.commit_clips = real
     assert killed
     _same(proj, reference)
 
@@ -140,10 +142,13 @@ def test_cli_features_cluster(demo_project, tmp_path, reference, quiet_dask):
 
 @pytest.mark.parametrize("spec", ["local:0", "local:x", "gpus", "http://host:8786", "tcp://", ""])
 def test_parse_errors(spec):
+    from klustr_gpu.cli import translate
+
     with pytest.raises(UsageError) as exc:
         parse(spec)
     msg = str(exc.value)
-    assert "\n" not in msg and "--cluster" in msg
+    assert "\n" not in msg and exc.value.param == "cluster" and msg.startswith("cluster")
+    assert translate(msg).startswith("--cluster")               # the command line's words for it
 
 
 def test_parse_forms():
@@ -173,7 +178,7 @@ def long_project(tmp_path_factory):
     later shards, are dropped) and a 0.2 s one."""
     import soundfile as sf
 
-    from klustr_gpu.library.scan import scan
+    from klustr_gpu import scan
 
     base = tmp_path_factory.mktemp("frames")
     lib = base / "lib"
@@ -207,20 +212,21 @@ def _frame_copy(src, tmp_path, name):
 
 
 def test_frame_mode_on_cluster_equals_in_process(long_project, tmp_path, client):
-    from klustr_gpu.features import extract, load
+    from klustr_gpu.features import load
+    from klustr_gpu import compute_features
 
     ref = _frame_copy(long_project, tmp_path, "ref")
     dask = _frame_copy(long_project, tmp_path, "dask")
-    want = extract(ref, sets=SETS, progress=False, **FRAMES)
-    got = extract(dask, sets=SETS, cluster=client, progress=False, **FRAMES)
-    assert got["frames"] and got["skipped"] == want["skipped"] and len(got["skipped"]) == 1
+    want = compute_features(ref, sets=SETS, progress=False, **FRAMES)
+    got = compute_features(dask, sets=SETS, cluster=client, progress=False, **FRAMES)
+    assert got.frames and got.skipped == want.skipped and len(got.skipped) == 1
     for s in SETS:
-        assert got[s]["computed"] == want[s]["computed"] and got[s]["n_rows"] == want[s]["n_rows"] == 47 + 27 + 1
+        assert got.sets[s].computed == want.sets[s].computed and got.sets[s].n_rows == want.sets[s].n_rows == 47 + 27 + 1
         a, b = load(ref, s, frames=True), load(dask, s, frames=True)
         assert list(b.ids) == list(a.ids) and np.array_equal(b.starts, a.starts)
         assert np.array_equal(b.X, a.X), s
-    again = extract(dask, sets=SETS, cluster=client, progress=False, **FRAMES)     # complete: nothing to do
-    assert all(again[s]["computed"] == 0 for s in SETS)
+    again = compute_features(dask, sets=SETS, cluster=client, progress=False, **FRAMES)     # complete: nothing to do
+    assert all(again.sets[s].computed == 0 for s in SETS)
 
 
 @pytest.mark.parametrize("method", ["umap", "tsne"])
@@ -237,11 +243,11 @@ def test_sampled_embedding_placed_on_workers_equals_in_process(client, method):
 
 
 def test_workers_that_cannot_see_the_project_are_a_clear_error(client, tmp_path):
-    from klustr_gpu.features.distributed import _check_workers_see
+    from klustr_gpu.cluster import check_workers_see
 
-    _check_workers_see(client, [tmp_path])
+    check_workers_see(client, [tmp_path])
     with pytest.raises(UsageError, match="cannot see"):
-        _check_workers_see(client, [tmp_path / "elsewhere"])
+        check_workers_see(client, [tmp_path / "elsewhere"])
 
 
 # -- render --cluster ---------------------------------------------------------------------------
@@ -291,17 +297,17 @@ def _pixels(path):
 
 @pytest.mark.parametrize("by,label_column", [("label", False), ("label", True), ("cluster", False)])
 def test_render_on_cluster_equals_in_process(demo_project, tmp_path, client, by, label_column):
-    from klustr_gpu.render import render
+    from klustr_gpu import render_map
 
     here, there = (_copy(demo_project, tmp_path, n) for n in ("here", "there"))
     for proj in (here, there):
         _fake_embedding(proj, label_column=label_column)
-    a = render(here, by=by, width=700, height=500, progress=False)
-    b = render(there, by=by, width=700, height=500, progress=False, cluster=client)
-    assert b["n_points"] == a["n_points"] == 3 * 210 - 2
-    assert np.array_equal(_pixels(b["png"]), _pixels(a["png"]))
+    a = render_map(here, by=by, width=700, height=500, progress=False)
+    b = render_map(there, by=by, width=700, height=500, progress=False, cluster=client)
+    assert b.n_points == a.n_points == 3 * 210 - 2
+    assert np.array_equal(_pixels(b.png), _pixels(a.png))
     # map.html (630 points: interactive) is built here from pandas either way
-    assert b["html"].read_text() == a["html"].read_text()
+    assert b.html.read_text() == a.html.read_text()
 
 
 def test_cli_render_cluster_local2_equals_in_process(demo_project, tmp_path, quiet_dask):

@@ -15,7 +15,7 @@ from badfiles import small_project, tone
 from klustr_gpu import Config, Project
 from klustr_gpu.cli import main
 from klustr_gpu.doctor import check, healthy
-from klustr_gpu.library import scan
+from klustr_gpu import scan
 from klustr_gpu.store import read_parquet_metadata
 
 REPO = Path(__file__).resolve().parents[1]
@@ -94,7 +94,7 @@ def test_changed_audio_files(base, tmp_path):
 def test_stale_features_and_embedding_after_rescan(base, tmp_path):
     """Files added, library rescanned: the features are out of date (error, `klustr features`
     repairs); once updated, the embedding is older than its features (warn, `klustr embed`)."""
-    from klustr_gpu.features import extract
+    from klustr_gpu import compute_features
 
     lib, p = clone(base, tmp_path)
     for i in range(3):
@@ -104,8 +104,8 @@ def test_stale_features_and_embedding_after_rescan(base, tmp_path):
     f = check(p)
     msg = one(f, "error", "features mfcc")
     assert "out of date" in msg and "klustr features" in msg and not healthy(f)
-    summary = extract(p, CFG, progress=False)
-    assert summary["mfcc"]["computed"] == 3 and summary["mfcc"]["reused"] == 28
+    summary = compute_features(p, CFG, progress=False)
+    assert summary.sets["mfcc"].computed == 3 and summary.sets["mfcc"].reused == 28
     f = check(p)
     assert healthy(f)
     msg = one(f, "warn", "embedding mfcc-pca is older than its features")

@@ -18,8 +18,9 @@ import soundfile as sf
 
 from klustr_gpu.config import Config
 from klustr_gpu.errors import EngineUnavailable, StoreError, UsageError
-from klustr_gpu.features import FeatureTable, extract, load
-from klustr_gpu.library.scan import scan
+from klustr_gpu.features import FeatureTable, load
+from klustr_gpu import compute_features
+from klustr_gpu import scan
 from klustr_gpu.store import Project
 
 REPO = Path(__file__).resolve().parents[1]
@@ -58,14 +59,14 @@ def _cfg(**features) -> Config:
 
 
 def test_extract_load_rerun(small_library, tmp_path, monkeypatch):
-    monkeypatch.setattr("klustr_gpu.features.pipeline.IN_PROCESS_BELOW", 0)   # decode in a worker pool
+    monkeypatch.setattr("klustr_gpu.features.run.IN_PROCESS_BELOW", 0)   # decode in a worker pool
     proj = _project(small_library, tmp_path / "p")
-    s = extract(proj, sets=["mfcc", "mir"], workers=1, progress=False)
-    assert s["device"] == "cpu" and s["mfcc"]["dim"] == 80 and s["mir"]["dim"] == 16
-    assert s["mfcc"]["computed"] == 63 and s["mfcc"]["n_rows"] == 63
-    assert set(s["skipped"].values()) == {"all-silent audio", "audio holds NaN or Inf samples"}
+    s = compute_features(proj, sets=["mfcc", "mir"], workers=1, progress=False)
+    assert s.device == "cpu" and s.sets["mfcc"].dim == 80 and s.sets["mir"].dim == 16
+    assert s.sets["mfcc"].computed == 63 and s.sets["mfcc"].n_rows == 63
+    assert set(s.skipped.values()) == {"all-silent audio", "audio holds NaN or Inf samples"}
     df = proj.read_manifest()
-    assert (df.status == "skipped").sum() == 2 and set(df.loc[df.status == "skipped", "reason"]) == set(s["skipped"].values())
+    assert (df.status == "skipped").sum() == 2 and set(df.loc[df.status == "skipped", "reason"]) == set(s.skipped.values())
     assert Config.load(proj.config_path).features.sets == ["mfcc", "mir"]      # written back
     t = load(proj, "mfcc")
     assert isinstance(t, FeatureTable) and t.X.dtype == np.float32 and t.X.shape == (63, 80)
@@ -78,9 +79,9 @@ def test_extract_load_rerun(small_library, tmp_path, monkeypatch):
     arr = zarr.open_array(str(proj.features_dir("mfcc") / led["current"]), mode="r")
     assert arr.shape == (65, 80) and np.isnan(arr[:]).all(axis=1).sum() == 2
     t0 = time.perf_counter()
-    s2 = extract(proj, progress=False)
+    s2 = compute_features(proj, progress=False)
     assert time.perf_counter() - t0 < 3.0
-    assert s2["mfcc"]["computed"] == 0 and s2["mir"]["computed"] == 0 and s2["mfcc"]["reused"] == 63
+    assert s2.sets["mfcc"].computed == 0 and s2.sets["mir"].computed == 0 and s2.sets["mfcc"].reused == 63
     np.testing.assert_array_equal(load(proj, "mfcc").X, t.X)
     with pytest.raises(UsageError, match="no features 'stft'"):
         load(proj, "stft")
@@ -89,11 +90,11 @@ def test_extract_load_rerun(small_library, tmp_path, monkeypatch):
 def test_klustr_preset_dims(small_library, tmp_path):
     cfg = Config.preset_named("klustr")
     proj = _project(small_library, tmp_path / "p", cfg)
-    s = extract(proj, workers=2, batch_size=5, progress=False)
-    assert {k: s[k]["dim"] for k in ("stft", "mfcc", "mir")} == {"stft": 1024, "mfcc": 720, "mir": 376}
+    s = compute_features(proj, workers=2, batch_size=5, progress=False)
+    assert {k: s.sets[k].dim for k in ("stft", "mfcc", "mir")} == {"stft": 1024, "mfcc": 720, "mir": 376}
     for name in ("stft", "mfcc", "mir"):
         X = load(proj, name).X
-        assert X.shape == (63, s[name]["dim"]) and np.isfinite(X).all()
+        assert X.shape == (63, s.sets[name].dim) and np.isfinite(X).all()
     fp = load(proj, "stft").X
     assert fp.min() == 0.0 and fp.max() == 1.0
 
@@ -102,7 +103,7 @@ def test_incremental_after_rescan(small_library, tmp_path):
     lib = tmp_path / "lib"
     shutil.copytree(small_library, lib)
     proj = _project(lib, tmp_path / "p")
-    extract(proj, sets=["mfcc"], workers=1, progress=False)
+    compute_features(proj, sets=["mfcc"], workers=1, progress=False)
     before = load(proj, "mfcc")
     from klustr_gpu.library.democorpus import demo_corpus
 
@@ -111,9 +112,9 @@ def test_incremental_after_rescan(small_library, tmp_path):
     scan(lib, proj, progress=False)                  # new files sort among the old ones
     with pytest.raises(StoreError, match="out of date"):
         load(proj, "mfcc")
-    s = extract(proj, progress=False)
-    assert s["mfcc"]["computed"] == 7                # the 2 bad files keep their reason (same content hash)
-    assert s["mfcc"]["reused"] == 63
+    s = compute_features(proj, progress=False)
+    assert s.sets["mfcc"].computed == 7                # the 2 bad files keep their reason (same content hash)
+    assert s.sets["mfcc"].reused == 63
     df = proj.read_manifest()
     assert set(df.loc[df.status == "skipped", "reason"]) == {"all-silent audio", "audio holds NaN or Inf samples"}
     after = load(proj, "mfcc")
@@ -123,15 +124,15 @@ def test_incremental_after_rescan(small_library, tmp_path):
     assert len(list(proj.features_dir("mfcc").glob("g*.files.parquet"))) == 1   # old generation removed
     # another mfcc config: everything is recomputed, into a new generation
     cfg = Config.load(proj.config_path).updated({"mfcc.n_mfcc": 13})
-    s = extract(proj, cfg, progress=False)
-    assert s["mfcc"]["computed"] == 70 and s["mfcc"]["dim"] == 52 and load(proj, "mfcc").X.shape == (70, 52)
+    s = compute_features(proj, cfg, progress=False)
+    assert s.sets["mfcc"].computed == 70 and s.sets["mfcc"].dim == 52 and load(proj, "mfcc").X.shape == (70, 52)
 
 
 _CHILD = """
 import sys
 import time
-import klustr_gpu.features.pipeline as P
-from klustr_gpu.features import extract
+import klustr_gpu.features.run as P
+from klustr_gpu import compute_features
 from klustr_gpu.features.store import SetStore
 
 _commit = SetStore.commit
@@ -145,14 +146,14 @@ def slow_commit(self, *a, **kw):    # leave the parent time to kill us mid-run, 
 if __name__ == "__main__":
     P.IN_PROCESS_BELOW = 0          # killed with its worker pool running
     SetStore.commit = slow_commit
-    extract(sys.argv[1], sets=["mfcc", "stft"], workers=1, progress=False)
+    compute_features(sys.argv[1], sets=["mfcc", "stft"], workers=1, progress=False)
 """
 
 
 def test_resume_after_sigkill_equals_uninterrupted(small_library, tmp_path):
     cfg = _cfg(shard_size=8, batch_size=8)
     ref = _project(small_library, tmp_path / "ref", cfg)
-    extract(ref, sets=["mfcc", "stft"], progress=False, workers=1)
+    compute_features(ref, sets=["mfcc", "stft"], progress=False, workers=1)
     proj = _project(small_library, tmp_path / "p", cfg)
     script = tmp_path / "child.py"
     script.write_text(_CHILD)
@@ -172,8 +173,8 @@ def test_resume_after_sigkill_equals_uninterrupted(small_library, tmp_path):
     child.wait()
     done = max(g["shards_done"] for g in json.loads(ledger.read_text())["gens"].values())
     assert 3 <= done < 9, "the child was killed mid-run"
-    s = extract(proj, progress=False, workers=1)
-    assert s["stft"]["reused"] >= 8 * done and s["stft"]["computed"] <= 65 - 8 * done
+    s = compute_features(proj, progress=False, workers=1)
+    assert s.sets["stft"].reused >= 8 * done and s.sets["stft"].computed <= 65 - 8 * done
     for name in ("mfcc", "stft"):
         np.testing.assert_array_equal(load(proj, name).X, load(ref, name).X)
 
@@ -183,7 +184,7 @@ def test_failed_shard_write_is_a_clear_error_and_resumes(small_library, tmp_path
 
     cfg = _cfg(shard_size=16, batch_size=16)
     ref = _project(small_library, tmp_path / "ref", cfg)
-    extract(ref, sets=["mfcc"], workers=0, progress=False)
+    compute_features(ref, sets=["mfcc"], workers=0, progress=False)
     proj = _project(small_library, tmp_path / "p", cfg)
     real = zarr.storage.DirectoryStore.__setitem__
     calls = {"n": 0}
@@ -197,12 +198,12 @@ def test_failed_shard_write_is_a_clear_error_and_resumes(small_library, tmp_path
 
     monkeypatch.setattr(zarr.storage.DirectoryStore, "__setitem__", full_disk)
     with pytest.raises(StoreError, match="No space left on device.*committed shards are intact"):
-        extract(proj, sets=["mfcc"], workers=0, progress=False)
+        compute_features(proj, sets=["mfcc"], workers=0, progress=False)
     led = json.loads((proj.features_dir("mfcc") / "ledger.json").read_text())
     assert [g["shards_done"] for g in led["gens"].values()] == [2]
     monkeypatch.setattr(zarr.storage.DirectoryStore, "__setitem__", real)
-    s = extract(proj, progress=False, workers=0)
-    assert s["mfcc"]["reused"] == 32
+    s = compute_features(proj, progress=False, workers=0)
+    assert s.sets["mfcc"].reused == 32
     np.testing.assert_array_equal(load(proj, "mfcc").X, load(ref, "mfcc").X)
 
 
@@ -236,11 +237,11 @@ def test_frame_mode(tmp_path, monkeypatch):
 
     monkeypatch.setattr(SetStore, "commit", dying_commit)
     with pytest.raises(KeyboardInterrupt):
-        extract(proj, sets=["mfcc"], frames=True, window=0.5, hop=0.25, batch_size=16, workers=0, progress=False)
+        compute_features(proj, sets=["mfcc"], frames=True, window=0.5, hop=0.25, batch_size=16, workers=0, progress=False)
     monkeypatch.setattr(SetStore, "commit", real_commit)
-    s = extract(proj, progress=False)
-    assert s["frames"] and s["mfcc"]["n_rows"] == 119 + 1
-    assert s["mfcc"]["reused"] == 64 and s["mfcc"]["computed"] == 120 - 64   # two shards of the long file kept
+    s = compute_features(proj, progress=False)
+    assert s.frames and s.sets["mfcc"].n_rows == 119 + 1
+    assert s.sets["mfcc"].reused == 64 and s.sets["mfcc"].computed == 120 - 64   # two shards of the long file kept
     assert (proj.features_root / "mfcc@frames").is_dir()
     tab = load(proj)                                  # config says frame mode
     df = proj.read_manifest().set_index("path")
@@ -259,7 +260,7 @@ def test_frame_mode(tmp_path, monkeypatch):
     np.testing.assert_allclose(tab.X[rows][k], alone, rtol=1e-4, atol=1e-3)
     with pytest.raises(UsageError):
         load(proj, "mfcc", frames=False)
-    assert extract(proj, progress=False)["mfcc"]["computed"] == 0
+    assert compute_features(proj, progress=False).sets["mfcc"].computed == 0
 
 
 def test_device_cuda_without_cuda_is_a_clear_error(small_library, tmp_path, monkeypatch):
@@ -267,20 +268,20 @@ def test_device_cuda_without_cuda_is_a_clear_error(small_library, tmp_path, monk
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     proj = _project(small_library, tmp_path / "p")
-    with pytest.raises(EngineUnavailable, match="--device cuda: no usable CUDA device"):
-        extract(proj, device="cuda", progress=False)
+    with pytest.raises(EngineUnavailable, match="device='cuda': no usable CUDA device"):
+        compute_features(proj, device="cuda", progress=False)
     assert not proj.features_root.exists()
     with pytest.raises(UsageError, match="unknown feature set"):
-        extract(proj, sets=["nope"], progress=False)
+        compute_features(proj, sets=["nope"], progress=False)
 
 
 @pytest.mark.gpu
 def test_cpu_and_cuda_agree(small_library, tmp_path):
     cpu = _project(small_library, tmp_path / "cpu", Config.preset_named("klustr"))
     gpu = _project(small_library, tmp_path / "gpu", Config.preset_named("klustr"))
-    extract(cpu, sets=["stft", "mfcc", "mir", "mel"], device="cpu", progress=False)
-    s = extract(gpu, sets=["stft", "mfcc", "mir", "mel"], device="cuda", progress=False)
-    assert s["device"].startswith("cuda")
+    compute_features(cpu, sets=["stft", "mfcc", "mir", "mel"], device="cpu", progress=False)
+    s = compute_features(gpu, sets=["stft", "mfcc", "mir", "mel"], device="cuda", progress=False)
+    assert s.device.startswith("cuda")
     for name in ("stft", "mfcc", "mir", "mel"):
         a, b = load(cpu, name).X, load(gpu, name).X
         assert np.linalg.norm(a - b) / np.linalg.norm(a) < 1e-3, name
@@ -288,7 +289,7 @@ def test_cpu_and_cuda_agree(small_library, tmp_path):
 
 def test_ten_hour_archive_gives_144k_frame_points(tmp_path):
     """Window count from the manifest duration: a 10-hour file -> ~144,000 points, in blocks."""
-    from klustr_gpu.features.pipeline import Layout, _items
+    from klustr_gpu.features.plan import Layout
 
     lib = tmp_path / "lib"
     lib.mkdir()
@@ -300,7 +301,7 @@ def test_ten_hour_archive_gives_144k_frame_points(tmp_path):
     cfg = _cfg(frames=True, window=0.5, hop=0.25, batch_size=256)
     layout = Layout.from_manifest(proj, df, cfg, True)
     assert layout.n_windows[0] == 143_999
-    items = list(_items(layout, range(len(layout.unit_pos))))
+    items = list(layout.items(range(len(layout.unit_pos))))
     assert len(items) == 563 and sum(i.n for i in items) == 143_999
     assert max(i.n for i in items) == 256          # never the whole file at once
     assert [i.first for i in items[:3]] == [0, 256, 512]

@@ -13,7 +13,8 @@ import soundfile as sf
 
 from badfiles import make_mixed_library, tone
 from klustr_gpu import Config, Project, SkipFile, UsageError
-from klustr_gpu.library import decode, demo_corpus, file_id, label_regex, scan
+from klustr_gpu.library import decode, demo_corpus, file_id, label_regex
+from klustr_gpu import scan
 from klustr_gpu.library.labels import Labeller, read_labels_csv
 
 
@@ -103,7 +104,7 @@ def mixed(tmp_path_factory):
     root = tmp_path_factory.mktemp("mixed") / "lib"
     expected = make_mixed_library(root)
     proj = tmp_path_factory.mktemp("mixedproj") / "p"
-    df = scan(root, proj, label_regex=True, progress=False)
+    df = scan(root, proj, label_regex=True, progress=False).manifest
     return root, proj, expected, df
 
 
@@ -133,7 +134,7 @@ def test_scan_records_header_failures(mixed):
 
 def test_scan_is_stable_across_runs(mixed, tmp_path):
     root, proj, expected, df = mixed
-    again = scan(root, tmp_path / "p2", label_regex=True, progress=False)
+    again = scan(root, tmp_path / "p2", label_regex=True, progress=False).manifest
     pd.testing.assert_frame_equal(df.drop(columns=["mtime"]), again.drop(columns=["mtime"]))
 
 
@@ -152,7 +153,7 @@ def test_unreadable_file_is_skipped(tmp_path, monkeypatch):
                 raise PermissionError(13, "Permission denied")
             return real_open(file, *a, **k)
         monkeypatch.setattr(builtins, "open", fake_open)
-    df = scan(lib, tmp_path / "p", progress=False).set_index("path")
+    df = scan(lib, tmp_path / "p", progress=False).manifest.set_index("path")
     assert df.loc["a.wav", "status"] == "ok"
     assert df.loc["locked.wav", "status"] == "skipped"
     assert "permission" in df.loc["locked.wav", "reason"]

@@ -10,7 +10,7 @@ import soundfile as sf
 from PIL import Image
 
 from klustr_gpu import Config, Project
-from klustr_gpu.pipeline import run_map
+import klustr_gpu as kg
 
 
 def _knn_accuracy(emb: pd.DataFrame, k: int = 10) -> float:
@@ -46,7 +46,7 @@ def test_map_skips_bad_files_and_maps_the_rest(tmp_path):
 
     lib = tmp_path / "lib"
     expected = make_mixed_library(lib)
-    summary = run_map(lib, tmp_path / "proj", label_regex=True, progress=False)
+    summary = kg.map(lib, tmp_path / "proj", label_regex=True, progress=False)
     man = Project(tmp_path / "proj").read_manifest().set_index("path")
     for rel, exp in expected.items():
         if exp == "ok":
@@ -57,13 +57,13 @@ def test_map_skips_bad_files_and_maps_the_rest(tmp_path):
     emb, _ = Project(tmp_path / "proj").read_embedding()
     ok_ids = set(man[man.status == "ok"].id)
     assert set(emb.file_id) == ok_ids
-    assert summary["skipped"] == sum(v != "ok" for v in expected.values())
-    assert sum(summary["skipped_by_reason"].values()) == summary["skipped"]
+    assert summary.skipped == sum(v != "ok" for v in expected.values())
+    assert sum(summary.skipped_by_reason.values()) == summary.skipped
 
 
 def test_map_on_hydrogen_marks_every_readable_file_ok(hydrogen_library, tmp_path):
     labels = pd.read_csv(hydrogen_library / "labels.csv")
-    summary = run_map(hydrogen_library, tmp_path / "proj", labels=hydrogen_library / "labels.csv", progress=False)
+    summary = kg.map(hydrogen_library, tmp_path / "proj", labels=hydrogen_library / "labels.csv", progress=False)
     man = Project(tmp_path / "proj").read_manifest()
     readable = 0
     for rel in man.path:
@@ -72,7 +72,7 @@ def test_map_on_hydrogen_marks_every_readable_file_ok(hydrogen_library, tmp_path
             readable += 1
         except (RuntimeError, sf.LibsndfileError):
             pass
-    assert summary["ok"] == readable == len(labels)
+    assert summary.ok == readable == len(labels)
     assert man.label.notna().sum() == len(labels)
     emb, _ = Project(tmp_path / "proj").read_embedding()
     assert len(emb) == len(labels)

@@ -16,7 +16,7 @@ import soundfile as sf
 
 from klustr_gpu import Config, Project
 from klustr_gpu.features.auto import MIN_CLIPS, choose_profile, sustained
-from klustr_gpu.pipeline import run_map
+import klustr_gpu as kg
 
 SR = 22050
 
@@ -101,8 +101,8 @@ def test_clips_far_longer_than_the_window(tmp_path):
         files[f"{'low' if i < 5 else 'high'}/long{i}.wav"] = np.concatenate(
             [head, 0.01 * rng.standard_normal(SR * 39).astype(np.float32)])
     lib = _library(tmp_path / "lib", files)
-    summary = run_map(lib, tmp_path / "p", labels=lib / "labels.csv", progress=False)
-    assert summary["ok"] == 10 and summary["points"] == 10
+    summary = kg.map(lib, tmp_path / "p", labels=lib / "labels.csv", progress=False)
+    assert summary.ok == 10 and summary.points == 10
 
 
 def test_single_cycle_waveforms_are_mapped_not_skipped(tmp_path):
@@ -116,8 +116,8 @@ def test_single_cycle_waveforms_are_mapped_not_skipped(tmp_path):
         for i, n in enumerate(rng.integers(77, 407, 8)):
             files[f"{name}/{name}{i}.wav"] = (0.8 * f(np.arange(n) / n)).astype(np.float32)
     lib = _library(tmp_path / "lib", files, sr=44100)
-    summary = run_map(lib, tmp_path / "p", labels=lib / "labels.csv", progress=False)
-    assert summary["skipped"] == 0 and summary["points"] == 24, summary["skipped_by_reason"]
+    summary = kg.map(lib, tmp_path / "p", labels=lib / "labels.csv", progress=False)
+    assert summary.skipped == 0 and summary.points == 24, summary.skipped_by_reason
     from klustr_gpu.score.metrics import knn_accuracy
 
     emb, _ = Project(tmp_path / "p").read_embedding()
@@ -131,10 +131,11 @@ def test_skip_reasons_are_grouped_by_kind(tmp_path):
     whole = (lib / "kick/k0.wav").read_bytes()
     for i, cut in enumerate((200, 400, 600)):
         (lib / f"kick/cut{i}.wav").write_bytes(whole[: len(whole) // 2 + cut])
-    summary = run_map(lib, tmp_path / "p", progress=False)
+    summary = kg.map(lib, tmp_path / "p", progress=False)
     man = Project(tmp_path / "p").read_manifest()
     assert man.loc[man.status != "ok", "reason"].nunique() == 3
-    assert summary["skipped_by_reason"] == {"truncated": 3}
+    assert summary.skipped_by_reason == {"truncated": 3}
+    assert sum("skipped" in ln for ln in summary.summary().splitlines()) == 2    # the totals, one kind
 
 
 # -- the rule ------------------------------------------------------------------------------------
@@ -161,7 +162,7 @@ def test_rule_decides_hits_and_sustained_and_records_why(tmp_path):
                                         **{f"flute/{k}": v for k, v in list(_files(notes).items())[:6]}})
     for lib, want in ((drums, "hits"), (notes, "sustained"), (both, "mixed")):
         proj = tmp_path / f"p-{want}"
-        run_map(lib, proj, labels=lib / "labels.csv", progress=False)
+        kg.map(lib, proj, labels=lib / "labels.csv", progress=False)
         cfg = Project(proj).load_config()
         assert cfg.general.profile == "auto" and cfg.general.decided == want
         assert want in cfg.decisions["general"] and "sampled clips" in cfg.decisions["general"]
@@ -172,7 +173,7 @@ def test_rule_that_cannot_decide_says_so_and_falls_back(tmp_path, caplog):
     rng = np.random.default_rng(6)
     lib = _library(tmp_path / "lib", {f"kick/k{i}.wav": _hit(rng, 60, 0.1) for i in range(MIN_CLIPS - 1)})
     with caplog.at_level(logging.WARNING, logger="klustr_gpu.features.auto"):
-        run_map(lib, tmp_path / "p", labels=lib / "labels.csv", progress=False)
+        kg.map(lib, tmp_path / "p", labels=lib / "labels.csv", progress=False)
     cfg = Project(tmp_path / "p").load_config()
     assert cfg.general.decided == "mixed"
     assert cfg.decisions["general"].startswith("cannot decide")
@@ -184,8 +185,8 @@ def test_rule_that_cannot_decide_says_so_and_falls_back(tmp_path, caplog):
 def test_a_fixed_profile_is_not_decided(tmp_path):
     rng = np.random.default_rng(7)
     lib = _library(tmp_path / "lib", {f"kick/k{i}.wav": _hit(rng, 60, 0.1) for i in range(10)})
-    run_map(lib, tmp_path / "p", labels=lib / "labels.csv", overrides={"general.profile": "sustained"},
-            progress=False)
+    kg.map(lib, tmp_path / "p", Config().updated({"general.profile": "sustained"}), labels=lib / "labels.csv",
+           progress=False)
     cfg = Project(tmp_path / "p").load_config()
     assert cfg.general.decided == "" and "general" not in cfg.decisions
     with pytest.raises(Exception, match="general.profile"):

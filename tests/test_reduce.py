@@ -141,11 +141,11 @@ def test_resolve_engine_rules(monkeypatch):
     with pytest.raises(UsageError, match="unknown engine"):
         resolve_engine("tpu")
     monkeypatch.setattr(engines, "has_cuda", lambda: True)
-    monkeypatch.setattr(engines, "_installed", lambda *names: "cuml" not in names)
+    monkeypatch.setattr(engines, "installed", lambda *names: "cuml" not in names)
     assert resolve_engine("auto") == "torchdr"
-    monkeypatch.setattr(engines, "_installed", lambda *names: True)
+    monkeypatch.setattr(engines, "installed", lambda *names: True)
     assert resolve_engine("auto") == "cuml"
-    monkeypatch.setattr(engines, "_installed", lambda *names: False)
+    monkeypatch.setattr(engines, "installed", lambda *names: False)
     assert resolve_engine("auto") == "cpu"
     with pytest.raises(EngineUnavailable, match="pip install"):
         resolve_engine("torchdr")
@@ -167,8 +167,26 @@ def test_make_reducer_follows_the_estimator_contract():
         make_reducer("umap", "cpu", perplexity=30)
     with pytest.raises(UsageError, match="unknown method"):
         make_reducer("mds", "cpu")
-    with pytest.raises(UsageError, match="unknown reduction parameter"):
+    with pytest.raises(UsageError, match="does not take n_neigbors"):
         fit_embedding(np.zeros((10, 2)), "umap", n_neigbors=5)
+    with pytest.raises(UsageError, match="does not take perplexity") as err:     # a t-SNE argument to UMAP
+        fit_embedding(np.zeros((10, 2)), "umap", perplexity=30)
+    assert err.value.param == "perplexity"
+
+
+@pytest.mark.parametrize("engine", ["cpu", pytest.param("torchdr", marks=pytest.mark.skipif(
+    not engines.installed("torchdr"), reason="TorchDR not installed"))])
+def test_pca_transform_is_the_linear_map_of_its_fit(engine):
+    """PCA places new points by its own projection (not by neighbours, as t-SNE and UMAP do):
+    a point's coordinates are the same whether it was in the fit or transformed later, and
+    a map wider than the features is padded with zeros."""
+    X = np.random.default_rng(0).normal(size=(200, 6)).astype(np.float32)
+    pca = make_reducer("pca", engine).fit(X[:150])
+    np.testing.assert_allclose(pca.transform(X[:150]), pca.embedding_, atol=1e-4)
+    manual = (X[150:] - pca.mean_) @ np.asarray(pca.components_, dtype=np.float64).T
+    np.testing.assert_allclose(pca.transform(X[150:]), manual, atol=1e-4)
+    wide = make_reducer("pca", engine, n_components=8).fit(X)
+    assert wide.embedding_.shape == (200, 8) and not wide.embedding_[:, 6:].any()
 
 
 # -- quality, reuse, determinism ---------------------------------------------------------------
@@ -224,7 +242,7 @@ def test_sample_and_transform_above_threshold(digits_pre, monkeypatch, search):
 @pytest.mark.parametrize("n", [1, 3, 8])
 def test_tiny_inputs_are_handled(method, n):
     X = np.random.default_rng(0).normal(size=(n, 4)).astype(np.float32)
-    Y = fit_embedding(X, method, n_neighbors=15, perplexity=30)
+    Y = fit_embedding(X, method, **{"tsne": {"perplexity": 30}, "umap": {"n_neighbors": 15}, "pca": {}}[method])
     assert Y.shape == (n, 2) and np.isfinite(Y).all()
 
 
@@ -232,7 +250,7 @@ def test_tiny_inputs_are_handled(method, n):
 def test_duplicate_points_are_handled(method):
     rng = np.random.default_rng(0)
     X = np.repeat(rng.normal(size=(20, 5)).astype(np.float32), 6, axis=0)   # 120 rows, 20 distinct
-    Y = fit_embedding(X, method, n_neighbors=10, perplexity=10)
+    Y = fit_embedding(X, method, **{"tsne": {"perplexity": 10}, "umap": {"n_neighbors": 10}}[method])
     assert Y.shape == (120, 2) and np.isfinite(Y).all()
 
 
@@ -262,7 +280,7 @@ def test_numba_cache_dir_is_set_only_when_unset(monkeypatch, tmp_path):
     assert os.environ["NUMBA_CACHE_DIR"] == "/somewhere/else"
 
 
-@pytest.mark.skipif(not engines._installed("torchdr"), reason="TorchDR not installed")
+@pytest.mark.skipif(not engines.installed("torchdr"), reason="TorchDR not installed")
 def test_torchdr_engine_runs_on_cpu_tiny(digits_pre):
     Xp, y, _ = digits_pre
     Y = fit_embedding(Xp[:200], "umap", engine="torchdr", n_epochs=100, seed=0)
@@ -293,7 +311,7 @@ def test_threads_follow_the_cores_busy_now_not_the_lagging_load_average(monkeypa
     import sys
     import time
 
-    from klustr_gpu.reduce import base
+    from klustr_gpu import runtime as base
 
     cores = len(os.sched_getaffinity(0))
     monkeypatch.setattr(base, "busy_elsewhere", lambda: 0)

@@ -10,7 +10,7 @@ from sklearn.neighbors import KNeighborsClassifier
 
 from klustr_gpu.config import Config
 from klustr_gpu.errors import EngineUnavailable, UsageError
-from klustr_gpu.reduce import embed
+from klustr_gpu import embed
 from klustr_gpu.reduce import engines
 from klustr_gpu.store import Project
 
@@ -22,11 +22,11 @@ def knn_accuracy(df, k=10) -> float:
 @pytest.fixture(scope="module")
 def featured(demo_project, tmp_path_factory):
     """The demo project with mfcc features (computed once for this module)."""
-    from klustr_gpu.features import extract
+    from klustr_gpu import compute_features
 
     proj = tmp_path_factory.mktemp("reduce") / "project"
     shutil.copytree(demo_project, proj)
-    extract(proj, Config().updated({"reduce.features": "mfcc"}), sets=["mfcc"], progress=False)
+    compute_features(proj, Config().updated({"reduce.features": "mfcc"}), sets=["mfcc"], progress=False)
     return proj
 
 
@@ -38,7 +38,7 @@ def project(featured, tmp_path):
 
 
 def test_embed_umap_writes_the_map_with_labels_and_parameters(project):
-    df = embed(project, progress=False)
+    df = embed(project, progress=False).frame
     assert list(df.columns) == ["id", "file_id", "start", "x", "y", "label", "cluster"]
     # k-means of the features, the colours of an unlabelled map: 12 groups that follow the classes
     from sklearn.metrics import homogeneity_score
@@ -57,7 +57,7 @@ def test_embed_umap_writes_the_map_with_labels_and_parameters(project):
 
 
 def test_keyword_overrides_reach_the_config_and_the_graph_is_reused(project, caplog):
-    df = embed(project, method="tsne", perplexity=20, name="t20", seed=3, progress=False)
+    df = embed(project, method="tsne", perplexity=20, name="t20", seed=3, progress=False).frame
     graphs = sorted((project / "neighbours").glob("*.npz"))
     assert [g.name.rsplit("-", 1)[1] for g in graphs] == ["k60.npz"]        # what t-SNE needs: 3 x 20
     cfg = Project(project).load_config()
@@ -72,18 +72,18 @@ def test_keyword_overrides_reach_the_config_and_the_graph_is_reused(project, cap
 
 
 def test_same_seed_same_embedding(project):
-    a = embed(project, method="tsne", name="a", progress=False)
-    b = embed(project, method="tsne", name="b", progress=False)
+    a = embed(project, method="tsne", name="a", progress=False).frame
+    b = embed(project, method="tsne", name="b", progress=False).frame
     np.testing.assert_array_equal(a[["x", "y"]], b[["x", "y"]])
 
 
 def test_klustr_preset_and_pca(project):
     cfg = Config.preset_named("klustr")
-    df = embed(project, cfg, method="umap", progress=False)     # PCA 14, correlation metric
+    df = embed(project, cfg, method="umap", progress=False).frame     # PCA 14, correlation metric
     _, meta = Project(project).read_embedding("mfcc-umap")
     assert meta["dims_reduced"] == 14 and meta["params"]["metric"] == "correlation"
     assert knn_accuracy(df) > 0.7
-    df = embed(project, method="pca", progress=False)
+    df = embed(project, method="pca", progress=False).frame
     assert Project(project).read_embedding("mfcc-pca")[1]["method"] == "pca"
 
 
@@ -98,12 +98,15 @@ def test_bad_arguments_fail_before_any_work(project, monkeypatch):
         embed(project, engine="cuml", progress=False)
     with pytest.raises(UsageError, match="embedding name"):
         embed(project, name="../x", progress=False)
+    with pytest.raises(UsageError, match="perplexity is a tsne setting") as err:     # a t-SNE setting for UMAP
+        embed(project, method="umap", perplexity=50, progress=False)
+    assert err.value.param == "perplexity"
     after = (project / "klustr.toml").read_text() if (project / "klustr.toml").exists() else None
     assert after == before and not (project / "embeddings").exists()
 
 
 def test_missing_project_is_a_usage_error(tmp_path):
-    with pytest.raises(UsageError, match="klustr scan"):
+    with pytest.raises(UsageError, match=r"scan\(LIBRARY"):
         embed(tmp_path / "nothing", progress=False)
 
 
@@ -112,14 +115,16 @@ def test_real_drum_kits_umap_and_tsne_beat_pca(hydrogen_library, tmp_path):
     better than a linear projection, and stay faithful to the feature space."""
     from sklearn.manifold import trustworthiness
 
-    from klustr_gpu.features import extract, load
-    from klustr_gpu.library.scan import scan
+    from klustr_gpu.features import load
+
+    from klustr_gpu import compute_features
+    from klustr_gpu import scan
     from klustr_gpu.reduce import preprocess
 
     proj = tmp_path / "hydrogen"
     scan(hydrogen_library, proj, labels=hydrogen_library / "labels.csv", progress=False)
-    extract(proj, Config().updated({"reduce.features": "mfcc"}), sets=["mfcc"], progress=False)
-    acc = {m: knn_accuracy(embed(proj, method=m, progress=False)) for m in ("pca", "umap", "tsne")}
+    compute_features(proj, Config().updated({"reduce.features": "mfcc"}), sets=["mfcc"], progress=False)
+    acc = {m: knn_accuracy(embed(proj, method=m, progress=False).frame) for m in ("pca", "umap", "tsne")}
     assert acc["umap"] > acc["pca"] + 0.05 and acc["tsne"] > acc["pca"] + 0.05, acc
     Xp = preprocess(load(proj, "mfcc").X, pca_components=32)
     df, _ = Project(proj).read_embedding("mfcc-umap")

@@ -19,7 +19,8 @@ from hypothesis import strategies as st
 
 from badfiles import add_hostile_cases, corrupt, good_files, make_deep_tree, make_mixed_library, make_wide_folder, tone
 from klustr_gpu import Config, Project, SkipFile
-from klustr_gpu.library import decode, scan
+from klustr_gpu.library import decode
+from klustr_gpu import scan
 from klustr_gpu.library.decode import check_header, read_info
 
 REPO = Path(__file__).resolve().parents[1]
@@ -65,10 +66,11 @@ def test_random_corruption_gives_a_clip_or_a_reason(originals, tmp_path, name, e
         t0 = time.monotonic()
         result = _scan_then_decode(path)
         # what a features worker does with it (frame mode too): a row or a reason, never a raise
-        from klustr_gpu.features.pipeline import Item, decode_task
+        from klustr_gpu.features.decode import Item, decode_task
 
         for frames in (None, (0.1, 0.05)):
-            [(_, rows, reason)] = decode_task([Item(0, str(path), 0, 2)], AUDIO, frames)
+            [got] = decode_task([Item(0, str(path), 0, 2)], AUDIO, frames)
+            rows, reason = got.windows, got.reason
             assert (rows is None) != (reason is None)
             assert rows is None or np.isfinite(rows).all()
         assert time.monotonic() - t0 < HANG_S
@@ -87,7 +89,7 @@ def test_scan_of_corrupted_library_records_every_file(originals, tmp_path):
         for k in range(8):
             ed = [(int(rng.integers(0, len(data))), rng.bytes(int(rng.integers(1, 12)))) for _ in range(3)]
             (lib / f"{k}_{name}").write_bytes(corrupt(data, ed, int(rng.integers(0, len(data))) if k % 2 else None))
-    df = scan(lib, tmp_path / "proj", progress=False)
+    df = scan(lib, tmp_path / "proj", progress=False).manifest
     assert len(df) == 8 * len(originals)
     bad = df[df.status != "ok"]
     assert (bad.reason.str.len() > 3).all()
@@ -105,7 +107,8 @@ def test_files_changing_or_vanishing_after_scan_are_skipped(tmp_path):
     """After the scan: one file deleted, one replaced by garbage, one by a folder, one by a FIFO
     (opening it would block forever), one truncated to its header. The features stage finishes,
     those are skipped with a reason, every other file has features."""
-    from klustr_gpu.features import extract, load
+    from klustr_gpu.features import load
+    from klustr_gpu import compute_features
 
     lib = tmp_path / "lib"
     _small_library(lib)
@@ -119,7 +122,7 @@ def test_files_changing_or_vanishing_after_scan_are_skipped(tmp_path):
     os.mkfifo(lib / "s03.wav")
     whole = (lib / "s04.wav").read_bytes()
     (lib / "s04.wav").write_bytes(whole[:44])
-    summary = extract(proj, Config().updated({"features.sets": ["mfcc"], "features.device": "cpu"}), progress=False)
+    summary = compute_features(proj, Config().updated({"features.sets": ["mfcc"], "features.device": "cpu"}), progress=False)
     man = proj.read_manifest().set_index("path")
     expect = {"s00.wav": "vanished", "s01.wav": "", "s02.wav": "not a regular file",
               "s03.wav": "not a regular file", "s04.wav": ""}
@@ -128,7 +131,7 @@ def test_files_changing_or_vanishing_after_scan_are_skipped(tmp_path):
         assert reason in man.loc[rel, "reason"] and man.loc[rel, "reason"], (rel, man.loc[rel, "reason"])
     table = load(proj, "mfcc")
     assert sorted(table.file_ids) == sorted(man[man.status == "ok"].id)
-    assert len(table) == 12 - len(expect) and summary["mfcc"]["computed"] == 12 - len(expect)
+    assert len(table) == 12 - len(expect) and summary.sets["mfcc"].computed == 12 - len(expect)
 
 
 HANG_SCRIPT = r"""
@@ -136,7 +139,7 @@ import sys, time
 import importlib
 D = importlib.import_module("klustr_gpu.library.decode")
 from klustr_gpu.config import Config
-from klustr_gpu.features import extract
+from klustr_gpu import compute_features
 from klustr_gpu.store import Project
 real = D.decode
 def decode(path, *a, **kw):             # one file whose decode never returns (a stuck disk, a codec loop)
@@ -145,8 +148,8 @@ def decode(path, *a, **kw):             # one file whose decode never returns (a
     return real(path, *a, **kw)
 D.decode = decode
 cfg = Config().updated({"features.sets": ["mfcc"], "features.device": "cpu"})
-importlib.import_module("klustr_gpu.features.pipeline").DECODE_TIMEOUT_S = 5
-extract(Project(sys.argv[1]), cfg, progress=False)
+importlib.import_module("klustr_gpu.features.decode").DECODE_TIMEOUT_S = 5
+compute_features(Project(sys.argv[1]), cfg, progress=False)
 """
 
 
@@ -169,13 +172,13 @@ def test_a_hanging_decode_is_skipped_not_waited_for(tmp_path):
 
 def test_a_hanging_decode_in_a_worker_thread_is_skipped_not_waited_for(tmp_path, monkeypatch):
     """Dask workers decode in threads, where SIGALRM cannot reach: the decode Dask's shard task
-    runs (``pipeline._ordered(..., workers=0)``), called from a non-main thread, still gives up on
+    runs (``decode.ordered(..., workers=0)``), called from a non-main thread, still gives up on
     a hanging file after ``DECODE_TIMEOUT_S`` with the timeout reason; the good files decode, a
     vanished one keeps its own reason."""
     import importlib
     import threading
 
-    from klustr_gpu.features import pipeline
+    from klustr_gpu.features import decode as pipeline
 
     D = importlib.import_module("klustr_gpu.library.decode")   # the module (the package exports the function)
 
@@ -198,7 +201,7 @@ def test_a_hanging_decode_in_a_worker_thread_is_skipped_not_waited_for(tmp_path,
 
     def worker():                        # what distributed.shard_task does, in a worker's thread
         t0 = time.monotonic()
-        got["out"] = list(pipeline._ordered(tasks, AUDIO, None, 0))
+        got["out"] = list(pipeline.ordered(tasks, pipeline.decode_task, (AUDIO, None), 0))
         got["seconds"] = time.monotonic() - t0
 
     th = threading.Thread(target=worker, name="not-main")
@@ -208,7 +211,7 @@ def test_a_hanging_decode_in_a_worker_thread_is_skipped_not_waited_for(tmp_path,
         assert not th.is_alive(), "the decode in a worker thread waited for a hanging file"
     finally:
         release.set()
-    out = {Path(it.path).name: (x, reason) for it, x, reason in got["out"]}
+    out = {Path(d.item.path).name: (d.windows, d.reason) for d in got["out"]}
     assert list(out) == [Path(p).name for p in paths]
     assert out["s03.wav"][0] is None and out["s03.wav"][1] == "decode timed out after 0.5 s"
     assert out["gone.wav"][0] is None and "vanished" in out["gone.wav"][1]
@@ -220,7 +223,7 @@ def test_a_hanging_decode_in_a_worker_thread_is_skipped_not_waited_for(tmp_path,
 
 
 def test_a_hanging_decode_on_a_dask_worker_is_skipped(tmp_path, monkeypatch):
-    """End to end through Dask (``extract(cluster=...)``, a threaded in-process worker, so the
+    """End to end through Dask (``compute_features(cluster=...)``, a threaded in-process worker, so the
     patched decode is the one the worker calls): the hanging file is skipped with the timeout
     reason, every other file gets features, and the run does not wait for the hang."""
     pytest.importorskip("distributed")
@@ -230,7 +233,9 @@ def test_a_hanging_decode_on_a_dask_worker_is_skipped(tmp_path, monkeypatch):
 
     from distributed import Client, LocalCluster
 
-    from klustr_gpu.features import extract, load, pipeline
+    from klustr_gpu.features import decode as pipeline, load
+
+    from klustr_gpu import compute_features
 
     lib = tmp_path / "lib"
     _small_library(lib, 8)
@@ -253,14 +258,14 @@ def test_a_hanging_decode_on_a_dask_worker_is_skipped(tmp_path, monkeypatch):
         with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None,
                           scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
                           silence_logs=logging.CRITICAL) as cluster, Client(cluster) as client:
-            summary = extract(proj, cfg, cluster=client, progress=False)
+            summary = compute_features(proj, cfg, cluster=client, progress=False)
     finally:
         release.set()
     assert time.monotonic() - t0 < 30
     man = proj.read_manifest().set_index("path")
     assert man.loc["s05.wav", "status"] == "skipped"
     assert man.loc["s05.wav", "reason"] == "decode timed out after 0.5 s"
-    assert list(summary["skipped"].values()) == ["decode timed out after 0.5 s"]
+    assert list(summary.skipped.values()) == ["decode timed out after 0.5 s"]
     ok = man[man.status == "ok"]
     assert len(ok) == 7 and sorted(load(proj, "mfcc").file_ids) == sorted(ok.id)
 
@@ -272,7 +277,7 @@ def test_a_name_that_is_not_utf8_is_skipped_not_fatal(tmp_path):
     lib.mkdir()
     sf.write(lib / "good.wav", tone(22050, 0.3), 22050)
     (lib / os.fsdecode(b"caf\xe9.wav")).write_bytes((lib / "good.wav").read_bytes())
-    df = scan(lib, tmp_path / "proj", progress=False).set_index("path")
+    df = scan(lib, tmp_path / "proj", progress=False).manifest.set_index("path")
     assert df.loc["good.wav", "status"] == "ok"
     assert df.loc["caf\ufffd.wav", "status"] == "skipped" and "UTF-8" in df.loc["caf\ufffd.wav", "reason"]
     assert len(Project(tmp_path / "proj").read_manifest()) == 2
@@ -284,7 +289,7 @@ def test_folders_named_like_audio_are_walked_never_listed(tmp_path):
     (lib / "a.wav/b.flac/c.aiff").mkdir(parents=True)
     sf.write(lib / "a.wav/b.flac/c.aiff/real.wav", tone(22050, 0.3), 22050)
     (lib / "empty.ogg").mkdir()
-    df = scan(lib, tmp_path / "proj", progress=False)
+    df = scan(lib, tmp_path / "proj", progress=False).manifest
     assert list(df.path) == ["a.wav/b.flac/c.aiff/real.wav"] and list(df.status) == ["ok"]
 
 
@@ -293,7 +298,7 @@ def test_very_deep_tree(tmp_path):
     trouble for a path of ~600 characters)."""
     lib = tmp_path / "lib"
     p = make_deep_tree(lib, 300)
-    df = scan(lib, tmp_path / "proj", progress=False)
+    df = scan(lib, tmp_path / "proj", progress=False).manifest
     assert len(df) == 1 and df.status.iloc[0] == "ok"
     assert df.path.iloc[0] == p.relative_to(lib).as_posix() and df.path.iloc[0].count("/") == 300
     assert decode(p, AUDIO).shape[0] > 0
@@ -308,7 +313,7 @@ def test_very_wide_folder_scans_in_bounded_time(tmp_path):
     lib = tmp_path / "lib"
     rels = make_wide_folder(lib / "wide", WIDE_N)
     t0 = time.monotonic()
-    df = scan(lib, tmp_path / "proj", progress=False)
+    df = scan(lib, tmp_path / "proj", progress=False).manifest
     seconds = time.monotonic() - t0
     assert len(df) == WIDE_N and (df.status == "ok").all()
     assert df.id.is_unique and set(df.path) == set(rels)
@@ -321,7 +326,7 @@ def test_map_over_a_hostile_library_maps_every_good_file(tmp_path, demo_library)
     """Every broken case of the foundation issue plus folders named like audio, a 300-deep file,
     a FIFO, a dangling link, absurd headers, mixed with 40 good demo files: ``klustr map``
     completes; every good file is in the embedding; every bad one skipped with its reason."""
-    from klustr_gpu.pipeline import run_map
+    import klustr_gpu as kg
 
     lib = tmp_path / "lib"
     expected = make_mixed_library(lib)
@@ -332,8 +337,7 @@ def test_map_over_a_hostile_library_maps_every_good_file(tmp_path, demo_library)
         shutil.copy2(f, dst)
         expected[f"demo/{f.name}"] = "ok"
     proj = Project(tmp_path / "proj")
-    summary = run_map(lib, proj, label_regex=True, progress=False,
-                      overrides={"features.device": "cpu", "reduce.engine": "cpu"})
+    summary = kg.map(lib, proj, label_regex=True, progress=False, device="cpu", engine="cpu")
     man = proj.read_manifest().set_index("path")
     for rel, exp in expected.items():
         assert rel in man.index, rel
@@ -348,5 +352,5 @@ def test_map_over_a_hostile_library_maps_every_good_file(tmp_path, demo_library)
     emb, _ = proj.read_embedding()
     assert set(emb.file_id) == set(man[man.status == "ok"].id)
     assert np.isfinite(emb[["x", "y"]].to_numpy()).all()
-    assert summary["skipped"] == int((man.status != "ok").sum()) and summary["points"] == len(emb)
+    assert summary.skipped == int((man.status != "ok").sum()) and summary.points == len(emb)
     assert (proj.path / "map.png").stat().st_size > 0

@@ -21,7 +21,7 @@ import pytest
 
 from klustr_gpu import Config, Project
 from klustr_gpu.errors import StoreError
-from klustr_gpu.library import scan
+from klustr_gpu import scan
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", NUMBA_NUM_THREADS="1", PYTHONUNBUFFERED="1")
@@ -131,7 +131,7 @@ def test_features_killed_anywhere_resumes_to_the_same_result(ref, tmp_path, seed
     _no_torn_files(proj)
     r = klustr("features", proj.path, "-q")
     assert r.returncode == 0, r.stderr[-3000:]
-    summary = json.loads(r.stdout)["mfcc"]
+    summary = json.loads(r.stdout)["sets"]["mfcc"]
     n = 210
     if complete:
         assert (summary["computed"], summary["reused"]) == (0, n)
@@ -236,7 +236,7 @@ def test_disk_full_during_features_then_resume(ref, tmp_path, monkeypatch):
     """ENOSPC at the 7th rename of a features run (zarr chunks and the ledger are renamed into
     place): StoreError, committed shards kept; with space again the rerun reuses them and ends
     equal to an uninterrupted run."""
-    from klustr_gpu.features import extract
+    from klustr_gpu import compute_features
 
     proj = copy_project(ref["base"], tmp_path / "p")
     real = os.replace
@@ -250,12 +250,12 @@ def test_disk_full_during_features_then_resume(ref, tmp_path, monkeypatch):
 
     monkeypatch.setattr(os, "replace", replace)
     with pytest.raises(StoreError) as info:
-        extract(proj, CFG, progress=False)
+        compute_features(proj, CFG, progress=False)
     monkeypatch.undo()
     assert "disk full" in str(info.value) or "No space left" in str(info.value)
     done = max(g["rows_done"] for g in _ledger(proj)["gens"].values())
-    summary = extract(proj, CFG, progress=False)["mfcc"]
-    assert summary["reused"] == done and summary["computed"] == 210 - done
+    summary = compute_features(proj, CFG, progress=False).sets["mfcc"]
+    assert summary.reused == done and summary.computed == 210 - done
     assert np.array_equal(_features(proj), _features(ref["full"]), equal_nan=True)
 
 
@@ -321,7 +321,7 @@ def test_no_room_for_even_a_temporary_file(tmp_path, monkeypatch):
 def test_grid_rerun_reuses_only_identical_finished_maps(ref, tmp_path):
     """A grid rerun reuses a map an earlier run finished (file untouched, same scores) and
     recomputes one whose features changed since."""
-    from klustr_gpu.score import grid
+    from klustr_gpu import grid
 
     proj = copy_project(ref["full"].path, tmp_path / "p", keep=("features",))
     grid(proj, CFG, quick=True, progress=False)

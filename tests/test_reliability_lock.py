@@ -16,7 +16,7 @@ import pytest
 from badfiles import small_project
 from klustr_gpu import Config, Project
 from klustr_gpu.errors import StoreError
-from klustr_gpu.library import scan
+from klustr_gpu import scan
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
@@ -54,18 +54,18 @@ def _snapshot(folder: Path) -> dict[Path, bytes]:
 
 
 def _stages(lib: Path):
-    from klustr_gpu.features import extract
-    from klustr_gpu.reduce import embed
-    from klustr_gpu.render import render
-    from klustr_gpu.score import grid, score
+    from klustr_gpu import compute_features
+    from klustr_gpu import embed
+    from klustr_gpu import render_map
+    from klustr_gpu import grid, score_maps
 
     return {
         "scan": lambda p: scan(lib, p, progress=False),
-        "features": lambda p: extract(p, CFG.updated({"features.sets": ["mfcc", "stft"]}), progress=False),
+        "features": lambda p: compute_features(p, CFG.updated({"features.sets": ["mfcc", "stft"]}), progress=False),
         "embed": lambda p: embed(p, CFG, name="again", progress=False),
         "grid": lambda p: grid(p, CFG, quick=True, progress=False),
-        "render": lambda p: render(p, progress=False),
-        "score": lambda p: score(p, progress=False),
+        "render": lambda p: render_map(p, progress=False),
+        "score": lambda p: score_maps(p, progress=False),
     }
 
 
@@ -112,7 +112,7 @@ def test_a_killed_holder_leaves_no_stale_lock(small, tmp_path):
     assert (proj.path / ".lock").exists()                  # the file stays, the lock does not
     with proj.lock("test"):
         pass
-    df = scan(lib, proj, progress=False)                   # and a real stage runs at once
+    df = scan(lib, proj, progress=False).manifest          # and a real stage runs at once
     assert len(df) == 24
 
 
@@ -140,7 +140,8 @@ def test_lock_is_reentrant_in_a_thread_exclusive_across_threads(tmp_path):
 def test_two_features_runs_at_once_never_corrupt_the_store(small, tmp_path):
     """Two `klustr features` started together: one finishes, the other is refused (or finds
     nothing left to do); the store equals a single run's."""
-    from klustr_gpu.features import extract, load
+    from klustr_gpu.features import load
+    from klustr_gpu import compute_features
 
     lib, base = small
     proj = Project(tmp_path / "p")
@@ -160,8 +161,8 @@ def test_two_features_runs_at_once_never_corrupt_the_store(small, tmp_path):
     want = load(Project(base), "mfcc")
     assert list(got.ids) == list(want.ids)
     np.testing.assert_allclose(got.X, want.X, rtol=1e-4, atol=1e-5)
-    again = extract(proj, CFG, progress=False)["mfcc"]
-    assert again["computed"] == 0                              # complete and consistent
+    again = compute_features(proj, CFG, progress=False).sets["mfcc"]
+    assert again.computed == 0                              # complete and consistent
 
 
 @pytest.mark.parametrize("args", [

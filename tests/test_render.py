@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import csv
 import html
-import io
 import json
 import re
 import shutil
@@ -61,7 +60,7 @@ def project(demo_project, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def xss_project(demo_library, tmp_path_factory) -> Path:
     """A small library with a file name and a label that are HTML/script injections."""
-    from klustr_gpu.library import scan
+    from klustr_gpu import scan
 
     base = tmp_path_factory.mktemp("xss")
     lib = base / "library"
@@ -108,7 +107,10 @@ def test_load_map_by_cluster_and_errors(project, tmp_path):
     from klustr_gpu.render.data import load_map
 
     data = load_map(project, by="cluster")
-    assert list(data.color_key) == [str(i) for i in range(7)]
+    # clusters 0..6 are the demo classes in order; named by the words their paths share
+    classes = sorted(Project(project).read_manifest()["label"].unique())
+    assert list(data.color_key) == classes and len(classes) == 7
+    assert list(data.points["cluster"].cat.categories) == classes
     with pytest.raises(UsageError, match="choose one of"):
         load_map(project, by="colour")
     with pytest.raises(UsageError, match="no embedding 'nope'"):
@@ -132,7 +134,8 @@ def test_auto_colours_an_unlabelled_library_by_cluster(project, tmp_path):
     emb, meta = p.read_embedding("fake")
     p.write_embedding("fake", emb.assign(label=None), meta)
     data = load_map(dst, embedding="fake", by="auto")
-    assert data.by == "cluster" and list(data.color_key) == [str(i) for i in range(7)]
+    classes = sorted(Project(project).read_manifest()["label"].unique())
+    assert data.by == "cluster" and list(data.color_key) == classes     # named from folder and file names
     p.write_embedding("nocl", emb.assign(label=None).drop(columns="cluster"), meta)
     data = load_map(dst, embedding="nocl", by="auto")
     assert data.by == "label" and list(data.color_key) == ["(unlabelled)"]
@@ -159,13 +162,13 @@ def _rgb(hexcol: str) -> tuple[int, int, int]:
 def test_render_png_shows_every_class_as_a_group(project):
     from PIL import Image
 
-    from klustr_gpu.render import render
+    from klustr_gpu import render_map
     from klustr_gpu.render.data import load_map
 
-    out = render(project, width=600, height=450, progress=False)
-    assert out["png"] == project / "map.png" and out["html"] == project / "map.html"
-    assert out["n_points"] == 210 and out["seconds"] > 0
-    img = np.asarray(Image.open(out["png"]).convert("RGB")).astype(int)
+    out = render_map(project, width=600, height=450, progress=False)
+    assert out.png == project / "map.png" and out.html == project / "map.html"
+    assert out.n_points == 210 and out.seconds > 0
+    img = np.asarray(Image.open(out.png).convert("RGB")).astype(int)
     assert img.shape == (450, 600, 3)
     key = load_map(project).color_key
     legend_x = 600 - 150 - 1                                    # the legend strip is >= 150 px wide
@@ -181,10 +184,10 @@ def test_render_png_shows_every_class_as_a_group(project):
 
 
 def test_render_html_escapes_names(xss_project):
-    from klustr_gpu.render import render
+    from klustr_gpu import render_map
 
-    out = render(xss_project, width=300, height=200, progress=False)
-    page = out["html"].read_text(encoding="utf-8")
+    out = render_map(xss_project, width=300, height=200, progress=False)
+    page = out.html.read_text(encoding="utf-8")
     assert "<script>alert" not in page and "<img src=x" not in page
     assert html.escape(XSS_LABEL) in page                       # legend: escaped text
     data = json.loads(re.search(r'<script type="application/json" id="data">(.*?)</script>', page, re.S).group(1))
@@ -197,44 +200,100 @@ def test_render_html_escapes_names(xss_project):
 
 def test_render_html_points_and_raster_modes(project, tmp_path):
     from klustr_gpu.config import Config
-    from klustr_gpu.render import render
+    from klustr_gpu import render_map
 
     dst = tmp_path / "p"
     shutil.copytree(project, dst)
     write_fake_embedding(dst, "frames", frames=3)
-    out = render(dst, embedding="frames", width=300, height=200, progress=False)
-    page = out["html"].read_text(encoding="utf-8")
+    out = render_map(dst, embedding="frames", width=300, height=200, progress=False)
+    page = out.html.read_text(encoding="utf-8")
     data = json.loads(re.search(r'id="data">(.*?)</script>', page, re.S).group(1))
     assert data["n"] == 630 and len(data["x"]) == 630 and len(data["files"]["name"]) == 210
     assert sorted(set(data["t"])) == [0.0, 0.25, 0.5]
     assert "http" not in "".join(data["files"]["url"])           # relative paths only
     Project(dst).write_config(Config().updated({"render.html_max_points": 100}))
-    out = render(dst, embedding="frames", width=300, height=200, progress=False)
-    page = out["html"].read_text(encoding="utf-8")
+    out = render_map(dst, embedding="frames", width=300, height=200, progress=False)
+    page = out.html.read_text(encoding="utf-8")
     assert 'id="data"' not in page and "data:image/png;base64," in page and "630 points" in page
-    assert render(dst, html=False, width=300, height=200, progress=False)["html"] is None
+    assert render_map(dst, html=False, width=300, height=200, progress=False).html is None
+
+
+def test_cluster_names_are_written_on_the_map_and_in_the_legend(project, tmp_path):
+    """Coloured by cluster, map.png writes each cluster's name at its group, on a white halo,
+    through the one rendering path (the same aggregate as the picture); the legend lists the
+    names; map.html carries the same anchors for its script to draw."""
+    from PIL import Image
+
+    from klustr_gpu import render_map
+    from klustr_gpu.render.data import load_map
+    from klustr_gpu.render.static import aggregate, label_anchors
+
+    data = load_map(project, by="cluster")
+    out = render_map(project, by="cluster", width=700, height=500, progress=False)
+    img = np.asarray(Image.open(out.png).convert("RGB")).astype(int)
+    plain = tmp_path / "plain.png"
+    from klustr_gpu.render.static import render_png
+    render_png(load_map(project, by="label"), plain, width=700, height=500)   # the same groups, no names
+    base = np.asarray(Image.open(plain).convert("RGB")).astype(int)
+    dark = (img.sum(axis=2) < 120) & (base.sum(axis=2) >= 120)                # text only on the named map
+    payload = json.loads(re.search(r'id="data">(.*?)</script>', out.html.read_text(), re.S).group(1))
+    anchors = payload["anchors"]
+    assert sorted(anchors) == sorted(data.color_key) and payload["by"] == "cluster"
+    (bx0, bx1), (by0, by1) = data.bounds()
+    for name, (ax, ay) in anchors.items():
+        pts = data.points[data.points["cluster"] == name]
+        assert abs(ax - pts["x"].median()) < 2.5 and abs(ay - pts["y"].median()) < 2.5, name   # on its group
+    map_w = int(np.flatnonzero((img == 221).all(axis=2).all(axis=0))[0])      # the legend's separator line
+    (mx0, mx1), (my0, my1) = data.bounds(aspect=map_w / img.shape[0])
+    png_anchors = label_anchors(aggregate(data.points, by="cluster", width=map_w, height=img.shape[0],
+                                          x_range=(mx0, mx1), y_range=(my0, my1)))
+    assert sorted(png_anchors) == sorted(anchors)
+    for name, (ax, ay) in png_anchors.items():                                # dark text at every anchor
+        px = int((ax - mx0) / (mx1 - mx0) * map_w)
+        py = int((my1 - ay) / (my1 - my0) * img.shape[0])
+        assert dark[max(0, py - 15):py + 15, max(0, px - 40):px + 40].sum() > 15, name
+    agg = aggregate(data.points, by="cluster", width=300, height=300, x_range=(bx0, bx1), y_range=(by0, by1))
+    again = label_anchors(agg)
+    assert again == label_anchors(agg) and sorted(again) == sorted(anchors)    # deterministic
+    labelled = json.loads(re.search(r'id="data">(.*?)</script>', render_map(project, by="label", width=300, height=200,
+                                                                          progress=False).html.read_text(), re.S).group(1))
+    assert labelled["anchors"] == {}                                          # labels: legend only, as before
+
+
+def test_html_payload_marks_what_a_browser_cannot_play(project):
+    from klustr_gpu.render.data import load_map
+    from klustr_gpu.render.static import html_payload
+
+    data = load_map(project)
+    payload = html_payload(data, Project(project))
+    fmts = payload["files"]["fmt"]
+    names = payload["files"]["name"]
+    assert len(fmts) == len(names) and {"WAV", "FLAC", "OGG", "AIFF"} <= set(fmts)
+    assert all(n.upper().endswith("." + f) for n, f in zip(names, fmts))
+    assert payload["types"]["AIFF"] == "audio/aiff" and payload["types"]["WAV"] == "audio/wav"
+    assert payload["converted"] == ["AIF", "AIFF"]
 
 
 def test_render_rejects_tiny_sizes(project):
-    from klustr_gpu.render import render
+    from klustr_gpu import render_map
 
     with pytest.raises(UsageError, match="too small"):
-        render(project, width=10, height=10, progress=False)
+        render_map(project, width=10, height=10, progress=False)
 
 
 # -- the HoloViews plot ------------------------------------------------------------------------
 
 def test_plot_is_a_datashaded_dynamic_map(project):
-    import klustr_gpu.render
+    import klustr_gpu
     import klustr_gpu.render.app  # noqa: F401  (importing submodules must not shadow the API)
 
     import holoviews as hv
     import holoviews.plotting.bokeh  # noqa: F401
     from bokeh.models import HoverTool
 
-    from klustr_gpu.render import plot
+    from klustr_gpu import plot
 
-    assert callable(klustr_gpu.render.plot)
+    assert callable(klustr_gpu.plot) and callable(klustr_gpu.render_map)
     obj = plot(project)
     assert isinstance(obj, hv.DynamicMap)
     fig = hv.render(obj, backend="bokeh")
@@ -244,64 +303,7 @@ def test_plot_is_a_datashaded_dynamic_map(project):
     assert isinstance(rgb, hv.RGB) and {"name", "label", "duration"} <= set(rgb.data.data_vars)
 
 
-# -- the app's logic -----------------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def app(project):
-    from klustr_gpu.render.app import MapApp
-
-    return MapApp.from_project(Project(project))
-
-
-def test_click_plays_nearest_point_and_lists_neighbours(app):
-    pts = app.data.points
-    i = 17
-    app._on_tap(x=float(pts["x"][i]) + 1e-4, y=float(pts["y"][i]))
-    assert app.selected == i
-    assert f'src="/audio/{pts["file_id"][i]}"' in app.player.object and "autoplay" in app.player.object
-    assert html.escape(str(pts["name"][i])) in app.now.object
-    assert app.neighbours.object.count("<audio ") == app.k
-    d = np.hypot(pts["x"] - pts["x"][i], pts["y"] - pts["y"][i]).to_numpy()
-    expected = np.argsort(d, kind="stable")[1:app.k + 1]
-    listed = re.findall(r'src="/audio/([0-9a-f]{16})"', app.neighbours.object)
-    assert listed == list(pts["file_id"].to_numpy()[expected])
-
-
-def test_filters_by_label_and_name(app):
-    try:
-        app.w_labels.value = ["kick", "snare"]
-        app.dmap[()]                                            # evaluate the DynamicMap
-        assert app.mask.sum() == 60 and "showing 60 of 210" in app.status.object
-        app.w_text.value = "KICK_0000"
-        app.dmap[()]
-        names = app.data.points["name"][app.mask].astype(str)
-        assert len(names) and names.str.lower().str.contains("kick_0000").all()
-        far = app.nearest(0.0, 0.0, 1)[0]                       # a click finds only visible points
-        assert app.mask[far]
-    finally:
-        app.w_labels.value, app.w_text.value = [], ""
-        app.dmap[()]
-    assert app.mask is None
-
-
-def test_box_and_lasso_selection_and_exports(app, tmp_path):
-    app._on_box(bounds=(-20, -20, 20, 0))                       # lower half
-    sel = app.selected_points()
-    assert 0 < len(sel) < 210 and (sel["y"] <= 0).all()
-    assert f"{len(sel)} selected" in app.status.object
-    rows = list(csv.DictReader(io.StringIO(app._csv().getvalue())))
-    assert len(rows) == len(sel) and {"id", "path", "label", "x", "y"} <= set(rows[0])
-    m3u = app._m3u().getvalue().splitlines()
-    assert m3u[0] == "#EXTM3U" and sum(1 for line in m3u if line.startswith("#EXTINF")) == len(sel)
-    assert all(Path(line).is_file() for line in m3u if not line.startswith("#"))
-    app._on_lasso(geometry=np.array([[-20, 0], [20, 0], [20, 20], [-20, 20]]))   # upper half
-    sel2 = app.selected_points()
-    assert len(sel2) and (sel2["y"] >= 0).all() and len(sel) + len(sel2) == 210
-    app.w_folder.value = str(tmp_path / "out")
-    app._on_copy()
-    copied = sorted(p.name for p in (tmp_path / "out").iterdir())
-    assert len(copied) == len(sel2) and f"Copied {len(sel2)} files" in app.export_msg.object
-
+# -- the app's logic: tests/test_app.py ------------------------------------------------------
 
 def test_copy_is_confined_when_serving_to_the_network(project, tmp_path):
     from klustr_gpu.render.export import copy_selection
@@ -317,49 +319,11 @@ def test_copy_is_confined_when_serving_to_the_network(project, tmp_path):
     assert n == 1 and folder == (tmp_path / "exports" / "mine").resolve()
 
 
-def test_frame_points_play_from_their_start(project, tmp_path):
-    from klustr_gpu.render.app import MapApp
-
-    dst = tmp_path / "p"
-    shutil.copytree(project, dst)
-    write_fake_embedding(dst, "frames", frames=4)
-    app = MapApp.from_project(Project(dst), embedding="frames")
-    pts = app.data.points
-    i = int(np.flatnonzero(pts["start"].to_numpy() == 0.75)[0])
-    app.play(i)
-    assert f'src="/audio/{pts["file_id"][i]}#t=0.750"' in app.player.object
-    assert f'data-id="{pts["id"][i]}"' in app.player.object
-
-
-def test_app_escapes_names(xss_project):
-    from klustr_gpu.render.app import MapApp
-
-    app = MapApp.from_project(Project(xss_project))
-    i = int(np.flatnonzero(app.data.points["name"].astype(str) == XSS_NAME)[0])
-    app.play(i)
-    for text in (app.now.object, app.neighbours.object, app._legend_html()):
-        assert "<script" not in text and "<img" not in text
-    assert html.escape(XSS_NAME) in app.now.object
-    assert html.escape(XSS_LABEL) in app._legend_html()
-
-
-def test_click_far_from_every_point_plays_nothing(app):
-    before = app.player.object
-    try:
-        app.range.event(x_range=(-200.0, 200.0), y_range=(-200.0, 200.0))
-        assert app.tap_tolerance() == pytest.approx(12.0)
-        app._on_tap(x=150.0, y=150.0)
-        assert app.player.object == before and "No sample there" in app.now.object
-    finally:
-        app.range.event(x_range=None, y_range=None)
-    assert app.tap_tolerance() is None
-
-
 def test_plot_of_many_points_uses_the_fast_raster(project, monkeypatch):
     import holoviews as hv
 
     import klustr_gpu.render.views as views
-    from klustr_gpu.render import plot
+    from klustr_gpu import plot
 
     monkeypatch.setattr(views, "FAST_ABOVE", 100)
     obj = plot(project)
@@ -373,11 +337,11 @@ def test_make_app_and_cluster_colouring(project):
     import panel as pn
     from PIL import Image
 
-    from klustr_gpu.render import make_app, render
+    from klustr_gpu import make_app, render_map
     from klustr_gpu.render.data import load_map
 
     assert isinstance(make_app(project), pn.Row)
-    out = render(project, by="cluster", html=False, width=400, height=300, progress=False)
-    img = np.asarray(Image.open(out["png"]).convert("RGB")).astype(int)
+    out = render_map(project, by="cluster", html=False, width=400, height=300, progress=False)
+    img = np.asarray(Image.open(out.png).convert("RGB")).astype(int)
     for colour in load_map(project, by="cluster").color_key.values():
         assert (np.abs(img - np.array(_rgb(colour))).sum(axis=2) < 40).sum() > 10

@@ -10,19 +10,20 @@ import pytest
 
 from klustr_gpu.config import Config
 from klustr_gpu.errors import UsageError
-from klustr_gpu.score import grid, plan, score
+from klustr_gpu.score import plan
+from klustr_gpu import grid, score_maps
 from klustr_gpu.store import Project
 
 
 @pytest.fixture(scope="module")
 def scored_project(demo_project, tmp_path_factory):
     """A copy of the demo project with mfcc features and a quick grid run on it."""
-    from klustr_gpu.features import extract
+    from klustr_gpu import compute_features
 
     proj = tmp_path_factory.mktemp("grid") / "project"
     shutil.copytree(demo_project, proj)
-    extract(proj, sets=["mfcc"], progress=False, workers=1)
-    table = grid(proj, quick=True, progress=False)
+    compute_features(proj, sets=["mfcc"], progress=False, workers=1)
+    table = grid(proj, quick=True, progress=False).table
     return proj, table
 
 
@@ -58,16 +59,16 @@ def test_quick_grid_end_to_end(scored_project):
 
 def test_score_every_embedding(scored_project):
     proj, table = scored_project
-    result = score(proj, progress=False)
-    assert set(result["embeddings"]) == set(table["name"])
-    for name, row in result["embeddings"].items():
+    result = score_maps(proj, progress=False)
+    assert set(result.embeddings) == set(table["name"])
+    for name, row in result.embeddings.items():
         want = table.set_index("name").loc[name]
         assert row["scores"]["knn_accuracy"] == pytest.approx(want["knn_accuracy"])
         assert row["scores"]["trustworthiness"] == pytest.approx(want["trustworthiness"])
-    one = score(proj, names=[table["name"].iloc[-1]], progress=False)
-    assert set(one["embeddings"]) == set(table["name"])         # the others kept from scores.json
+    one = score_maps(proj, names=[table["name"].iloc[-1]], progress=False)
+    assert set(one.embeddings) == set(table["name"])         # the others kept from scores.json
     with pytest.raises(UsageError):
-        score(proj, names=["nope"], progress=False)
+        score_maps(proj, names=["nope"], progress=False)
 
 
 def test_unlabelled_project_ranks_by_trustworthiness(scored_project, tmp_path):
@@ -78,12 +79,12 @@ def test_unlabelled_project_ranks_by_trustworthiness(scored_project, tmp_path):
     df = p.read_manifest()
     df["label"] = None
     p.write_manifest(df, p.manifest_metadata())
-    result = score(copy, progress=False)
-    assert result["labels"] is False and result["rank_by"] == "trustworthiness"
-    row = next(iter(result["embeddings"].values()))
+    result = score_maps(copy, progress=False)
+    assert result.labels is False and result.rank_by == "trustworthiness"
+    row = next(iter(result.embeddings.values()))
     assert row["scores"]["knn_accuracy"] is None and row["scores"]["final_2017"] is None
     assert row["scores"]["trustworthiness"] is not None
-    trust = [r["scores"]["trustworthiness"] for r in result["embeddings"].values()]
+    trust = [r["scores"]["trustworthiness"] for r in result.embeddings.values()]
     assert trust == sorted(trust, reverse=True)
     assert json.loads((copy / "scores.json").read_text())["labels"] is False
 
@@ -102,7 +103,7 @@ def test_bad_arguments_fail_before_work(scored_project):
 
 def test_score_without_embeddings(demo_project):
     with pytest.raises(UsageError):
-        score(demo_project, progress=False)
+        score_maps(demo_project, progress=False)
 
 
 def _blob_features(n_per=40, seed=0):
@@ -162,13 +163,14 @@ def test_combined_sets_are_checked():
 
 def test_grid_on_a_combination_of_sets(scored_project, tmp_path):
     """``mfcc+mir``: the two sets' columns side by side, on the rows both have."""
-    from klustr_gpu.features import extract, load
+    from klustr_gpu import compute_features
+    from klustr_gpu.features import load
     from klustr_gpu.score.grid import combined_table
 
     proj = tmp_path / "p"
     shutil.copytree(scored_project[0], proj)
-    extract(proj, sets=["mfcc", "mir"], progress=False, workers=1)
-    table = grid(proj, features=["mfcc+mir"], methods=["pca"], progress=False)
+    compute_features(proj, sets=["mfcc", "mir"], progress=False, workers=1)
+    table = grid(proj, features=["mfcc+mir"], methods=["pca"], progress=False).table
     assert list(table["features"]) == ["mfcc+mir"] and table["knn_accuracy"].iloc[0] > 0.5
     a, b = load(proj, "mfcc"), load(proj, "mir")
     both = combined_table([a, b])

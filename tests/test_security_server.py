@@ -18,10 +18,11 @@ import pytest
 import soundfile as sf
 
 from badfiles import tone
-from klustr_gpu.library import file_id, scan
+from klustr_gpu.library import file_id
+from klustr_gpu import scan
 from klustr_gpu.store import Project
 from test_render import write_fake_embedding
-from test_serve import http_get, running_server
+from test_serve import AUDIO_KEY, audio_path, http_get, running_server
 
 REPO = Path(__file__).resolve().parents[1]
 SECRET = b"TOP-SECRET-klustr-marker"
@@ -53,6 +54,13 @@ def site(demo_library, tmp_path_factory):
     with running_server(proj.path, root / "server.log") as port:
         yield {"port": port, "proj": proj, "lib": lib, "man": proj.read_manifest(), "skipped": skipped,
                "root": root}
+
+
+def _token(file_id) -> str:
+    """What the page sees for a manifest id on these servers."""
+    from klustr_gpu.render.security import audio_token
+
+    return audio_token(str(file_id), AUDIO_KEY)
 
 
 def _ok(site):
@@ -94,14 +102,19 @@ def _refused(status, body: bytes, headers: dict | None = None) -> None:
 SESSIONS = r"""
 import sys, time, urllib.request
 import panel  # registers the app's bokeh models
+import klustr_gpu.render.components  # and the map's component models
+import panel.models.tabulator  # the selection table
 from bokeh.client import pull_session
 port, n = int(sys.argv[1]), int(sys.argv[2])
-for i in range(n):                       # each page load makes a session that datashades the map
+for i in range(n):                       # each page load makes a session (a MapApp)
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=60) as r:
         assert r.status == 200 and b"bokeh" in r.read().lower()
 for i in range(2):                       # and full websocket sessions, each with its own map render
     s = pull_session(url=f"http://127.0.0.1:{port}/")
-    assert any(type(m).__name__ == "ImageRGBA" for m in s.document.models)
+    src = next(m.src for m in s.document.models if type(m).__name__.startswith("MapCanvas"))
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{src}/1?x0=-10&x1=10&y0=-10&y1=10&w=900&h=700",
+                                timeout=60) as r:
+        assert r.status == 200 and r.headers["X-Klustr-Size"] == "900x700"
     s.close()
 print("sessions ok", flush=True)
 """
@@ -120,7 +133,7 @@ def test_200_concurrent_audio_requests_with_sessions_from_another_process(site, 
 
     def fetch(row):
         t0 = time.monotonic()
-        status, headers, body = http_get(port, f"/audio/{row['id']}")
+        status, headers, body = http_get(port, audio_path(row["id"]))
         return row["id"], status, headers, body, time.monotonic() - t0
 
     t0 = time.monotonic()
@@ -140,7 +153,7 @@ def test_200_concurrent_audio_requests_with_sessions_from_another_process(site, 
         path = expected[fid]
         if path.suffix.lower() not in (".aif", ".aiff"):          # aiff is served transcoded
             assert body == path.read_bytes(), fid
-    assert http_get(port, f"/audio/{rows[0]['id']}", method="HEAD")[0] == 200     # still healthy
+    assert http_get(port, audio_path(rows[0]["id"]), method="HEAD")[0] == 200     # still healthy
 
 
 # -- zoom: /tile.png ----------------------------------------------------------------------------
@@ -179,7 +192,7 @@ def audio_loop():                        # /audio requests interleaved with the 
     while not stop.is_set() or i < 40:
         fid, size = spec["audio"][i % len(spec["audio"])]
         t0 = time.monotonic()
-        status, ctype, body = get(f"/audio/{fid}")
+        status, ctype, body = get(fid)
         audio_times.append(time.monotonic() - t0)
         audio_ok.append(status == 200 and ctype.startswith("audio/") and (size is None or len(body) == size))
         i += 1
@@ -237,7 +250,7 @@ def test_rapid_zoom_from_another_process_is_answered_in_bounded_time(site, tmp_p
     blob = data.points[data.points["label"] == p["label"]]
     target = [float(blob["x"].mean()), float(blob["y"].mean())]   # the middle of one label's group
     factor = (1.0 / (bx[1] - bx[0])) ** (1 / 60)                   # down to a 1-unit wide view of it
-    audio = [[str(r["id"]), None if str(r["path"]).lower().endswith((".aif", ".aiff"))
+    audio = [[audio_path(r["id"]), None if str(r["path"]).lower().endswith((".aif", ".aiff"))
               else site["proj"].audio_path(r["path"]).stat().st_size] for _, r in ok.iterrows()]
     spec = tmp_path / "spec.json"
     spec.write_text(json.dumps({"bounds": [list(bx), list(by), target, factor], "audio": audio,
@@ -272,7 +285,7 @@ def test_rapid_zoom_from_another_process_is_answered_in_bounded_time(site, tmp_p
         assert pixels(got)[..., 3].any(), k                           # points in view at every depth
     deep = pixels((tmp_path / "deep.png").read_bytes())
     assert deep[..., 3].any() and deep.shape == (200, 200, 4)         # the point, 100,000x zoomed
-    assert http_get(port, f"/audio/{ok.iloc[0]['id']}", method="HEAD")[0] == 200
+    assert http_get(port, audio_path(ok.iloc[0]["id"]), method="HEAD")[0] == 200
 
 
 def test_malformed_or_oversize_tile_requests_are_refused(site):
@@ -296,7 +309,7 @@ def test_malformed_or_oversize_tile_requests_are_refused(site):
         assert b"Traceback" not in body and b"<" not in body
     status, _, body = http_get(port, url(w=100000))
     assert b"4096" in body                                        # says what the limit is
-    status, reply = raw_request(port, b"GET /tile.png?x0=" + b"1" * 100_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+    status, reply = raw_request(port, b"GET /tile.png?x0=" + b"1" * 100_000 + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
     assert status in (None, 400, 413, 414, 431), status
     assert b"image/png" not in reply.lower()
     assert http_get(port, url(), method="POST")[0] == 405
@@ -387,7 +400,7 @@ TRAVERSALS = [
 
 @pytest.mark.parametrize("path", TRAVERSALS)
 def test_traversal_in_every_encoding_is_refused(site, path):
-    fid = str(_ok(site)["id"].iloc[0])
+    fid = _token(_ok(site)["id"].iloc[0])
     path = path.replace("{id}", fid).replace("{ID}", fid.upper())
     if "?path=" in path:       # a query on a valid id is ignored: the manifest file, nothing else
         status, headers, body = http_get(site["port"], path)
@@ -398,13 +411,13 @@ def test_traversal_in_every_encoding_is_refused(site, path):
 
 
 @pytest.mark.parametrize("raw", [
-    b"GET /audio/\xc0\xae\xc0\xae/\xc0\xae\xc0\xae/secret.txt HTTP/1.1\r\nHost: x\r\n\r\n",   # overlong UTF-8, raw
-    b"GET /audio/..\\..\\..\\secret.txt HTTP/1.1\r\nHost: x\r\n\r\n",
-    b"GET /audio/\x00../secret.txt HTTP/1.1\r\nHost: x\r\n\r\n",
-    b"GET http://127.0.0.1/../../secret.txt HTTP/1.1\r\nHost: x\r\n\r\n",                   # absolute-form target
-    b"GET ../../secret.txt HTTP/1.1\r\nHost: x\r\n\r\n",
+    b"GET /audio/\xc0\xae\xc0\xae/\xc0\xae\xc0\xae/secret.txt HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",   # overlong UTF-8, raw
+    b"GET /audio/..\\..\\..\\secret.txt HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+    b"GET /audio/\x00../secret.txt HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+    b"GET http://127.0.0.1/../../secret.txt HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",                   # absolute-form target
+    b"GET ../../secret.txt HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
     b"GET /audio/%2e%2e%2fsecret.txt HTTP/1.0\r\n\r\n",
-    b"GET /audio/\xff\xfe HTTP/1.1\r\nHost: x\r\n\r\n",
+    b"GET /audio/\xff\xfe HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
 ])
 def test_raw_malformed_targets_are_refused(site, raw):
     status, reply = raw_request(site["port"], raw)
@@ -415,19 +428,19 @@ def test_raw_malformed_targets_are_refused(site, raw):
 # -- oversize and malformed values --------------------------------------------------------------
 def test_oversize_and_malformed_requests_are_refused_and_the_server_survives(site):
     port = site["port"]
-    fid = str(_ok(site)["id"].iloc[0])
+    fid = _token(_ok(site)["id"].iloc[0])
     # an oversize target, an oversize query value, an oversize header: refused or closed
-    for raw in [b"GET /audio/" + b"a" * 200_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
-                f"GET /audio/{fid}?q=".encode() + b"%2e" * 60_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
-                f"GET /?bokeh-session-id={'x' * 100_000} HTTP/1.1\r\nHost: x\r\n\r\n".encode(),
-                f"GET /audio/{fid} HTTP/1.1\r\nHost: x\r\nX-Big: {'y' * 100_000}\r\n\r\n".encode()]:
+    for raw in [b"GET /audio/" + b"a" * 200_000 + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+                f"GET /audio/{fid}?q=".encode() + b"%2e" * 60_000 + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+                f"GET /?bokeh-session-id={'x' * 100_000} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode(),
+                f"GET /audio/{fid} HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: {'y' * 100_000}\r\n\r\n".encode()]:
         status, reply = raw_request(port, raw)
         assert status in (None, 400, 404, 413, 414, 431), status
         assert SECRET not in reply
     # malformed request lines and a body on GET
     for raw in [b"GARBAGE\r\n\r\n", b"GET\r\n\r\n", b"GET /audio/x HTTP/9.9\r\n\r\n",
-                b"GET /audio/x HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n",
-                b"GET /audio/x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nZZ\r\n"]:
+                b"GET /audio/x HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: -5\r\n\r\n",
+                b"GET /audio/x HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\nZZ\r\n"]:
         status, reply = raw_request(port, raw)
         assert status in (None, 400, 404, 405, 505), (raw, status)
     # malformed query values on the app page: a page or a refusal, never a server error
@@ -464,11 +477,12 @@ def test_nothing_outside_the_manifest_ok_files_is_ever_served(site):
         except ValueError:
             rel = p.relative_to(site["root"]).as_posix()
         fid = file_id(rel)
-        status, headers, body = http_get(port, f"/audio/{fid}", method="HEAD")
+        status, headers, body = http_get(port, audio_path(fid), method="HEAD")
         if status == 200:
             served.add(fid)
         assert (status == 200) == (fid in ok_ids), (rel, status)
         assert http_get(port, f"/audio/{rel}")[0] in (404, 400)
+        assert http_get(port, f"/audio/{fid}", method="HEAD")[0] == 404      # the path-derived id: never
     assert served == ok_ids and site["skipped"] not in served
     assert file_id("added_later.wav") not in served and file_id("zz/link_out.wav") not in served
     assert man.set_index("path").loc["zz/link_out.wav", "status"] == "skipped"
@@ -483,13 +497,13 @@ def test_a_file_replaced_after_the_scan_is_not_served(site):
     p = site["proj"].audio_path(linked["path"])
     p.unlink()
     p.symlink_to(site["root"] / "secret.txt")
-    status, headers, body = http_get(port, f"/audio/{linked['id']}")
+    status, headers, body = http_get(port, audio_path(linked["id"]))
     assert status == 404 and SECRET not in body
     q = site["proj"].audio_path(rewritten["path"])
     q.write_bytes(q.read_bytes() + SECRET)
-    status, headers, body = http_get(port, f"/audio/{rewritten['id']}")
+    status, headers, body = http_get(port, audio_path(rewritten["id"]))
     assert status == 404 and SECRET not in body
-    assert http_get(port, f"/audio/{ok.iloc[0]['id']}", method="HEAD")[0] == 200
+    assert http_get(port, audio_path(ok.iloc[0]["id"]), method="HEAD")[0] == 200
 
 
 def test_websocket_from_another_origin_is_refused(site):
@@ -514,3 +528,197 @@ def test_websocket_from_another_origin_is_refused(site):
         finally:
             conn.close()
     assert got == {f"http://127.0.0.1:{port}": 101, "http://evil.example": 403, "null": 403}, got
+
+
+# -- the closed list of routes; hosts, origins, framing (issue 15) ------------------------------
+def _log_since(site, offset: int) -> str:
+    time.sleep(0.5)                                    # the server's log is written unbuffered
+    return (site["root"] / "server.log").read_text(errors="replace")[offset:]
+
+
+def _log_offset(site) -> int:
+    return len((site["root"] / "server.log").read_text(errors="replace"))
+
+
+CLOSED = ["/components/this/a/b/c", "/components/this/this/__css__/x.css", "/components/..%2f..%2fetc%2fpasswd",
+          "/components/%2e%2e%2f%2e%2e/x/y/z", "/components/os/path/__file__/passwd",
+          "/components/panel.pane/Markdown/_stylesheets/x.css", "/components/" + "a." * 2000 + "/b/c/d",
+          "/metadata", "/autoload.js", "/autoload.js?bokeh-autoload-element=x", "/liveness", "/rest/session_info",
+          "/admin", "/login", "/logout", "/panel-preview/render", "/static/../components/this/a/b/c",
+          "/audio", "/tile", "/tile.png/..", "/index.html", "/.git/config"]
+
+
+def test_only_the_closed_list_of_routes_is_served(site):
+    """Panel's /components/<module>/... route (it imported any installed module named in a GET:
+    `this` printed the Zen of Python) and every other route outside the closed list are a plain
+    404: nothing imported, no traceback in the reply or the log; the app and its assets stay."""
+    import re
+    from urllib.parse import quote
+
+    port, offset = site["port"], _log_offset(site)
+    for path in CLOSED:
+        for method in ("GET", "HEAD"):
+            status, headers, body = http_get(port, path, method=method)
+            assert status in (403, 404), (path[:60], method, status)          # 403: a static asset's own refusal
+            assert headers["x-frame-options"] == "DENY" and len(body) < 100, (path[:60], body[:200])
+            assert status == 403 or body in (b"", b"404 not found\n"), (path[:60], body[:200])
+    log = _log_since(site, offset)
+    assert "Beautiful is better than ugly" not in log and "Traceback" not in log, log[-2000:]
+    status, headers, page = http_get(port, "/")                     # the app, and every asset it names
+    assert status == 200 and headers["content-type"].startswith("text/html")
+    assets = re.findall(rb'src="\.?/?(static/[^"]+\.js(?:\?v=\w+)?)"', page)
+    assert len(assets) >= 4
+    for asset in assets:
+        status, headers, body = http_get(port, "/" + quote(asset.decode(), safe="/?=@"))
+        assert status == 200 and body, asset
+        assert headers["content-type"].split(";")[0] in ("application/javascript", "text/javascript"), asset
+
+
+def test_harden_keeps_only_the_app_and_the_servers_own_routes():
+    """The routing table itself: after :func:`harden`, only the app's page, websocket, static
+    assets and favicon, plus the server's own routes, behind the host/origin gate."""
+    import panel as pn
+    from panel.io.server import ComponentResourceHandler, get_server
+
+    from klustr_gpu.render.guard import HostPolicy, NotFoundHandler, RefusedHandler, app_handlers, harden
+    from klustr_gpu.render.security import AudioHandler, AudioIndex
+
+    own = [(r"/audio/([^/]*)", AudioHandler, {"index": AudioIndex({})})]
+    server = get_server(lambda: pn.pane.Markdown("x"), port=0, address="127.0.0.1", start=False,
+                        extra_patterns=list(own), location=False)
+    try:
+        app = server._tornado
+        before = {r.target for r in app.wildcard_router.rules}
+        assert ComponentResourceHandler in before                    # what Panel registers by default
+        kept = harden(app, HostPolicy(port=server.port), own)
+        after = {r.target for r in app.wildcard_router.rules}
+        assert after <= set(app_handlers()) | {AudioHandler} and AudioHandler in after
+        assert ComponentResourceHandler not in after and len(kept) == len(app.wildcard_router.rules)
+        assert app.default_router.rules[0].target is RefusedHandler
+        assert app.settings["default_handler_class"] is NotFoundHandler
+    finally:
+        server.unlisten()
+
+
+FOREIGN_HOSTS = ["evil.example", "evil.example:{port}", "127.0.0.1.evil.example:{port}", "localhost.evil.example",
+                 "evil.example:{port}@127.0.0.1", "0.0.0.0:{port}", "127.0.0.2:{port}", "", " ", "[::1",
+                 "local host", "localhost:{port}:1", "%6c%6fcalhost:{port}", "localhost\x00.evil", "x" * 300]
+
+
+def test_foreign_host_headers_are_refused(site):
+    """A DNS-rebinding page reaches the server under its own name: the Host header it sends is
+    not a loopback name, so the app, audio, tiles, assets and the websocket all answer 400."""
+    port = site["port"]
+    token_path = audio_path(_ok(site)["id"].iloc[0])
+    targets = ["/", token_path, _tile_url(-10, 10, -10, 10, 32, 32), "/static/js/bokeh.min.js", "/ws", "/nope"]
+    for host in FOREIGN_HOSTS:
+        host = host.replace("{port}", str(port))
+        for target in targets:
+            raw = f"GET {target} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode("latin-1")
+            status, reply = raw_request(port, raw)
+            assert status == 400, (host[:40], target[:40], status, reply[:300])
+            head, _, body = reply.partition(b"\r\n\r\n")
+            if head != b"HTTP/1.1 400 Bad Request":                  # else refused by tornado's parser itself
+                assert b"content-type: text/plain" in head.lower() and b"x-frame-options: deny" in head.lower()
+            assert b"Traceback" not in body and len(body) < 200 and not body.startswith((b"\x89PNG", b"RIFF", b"OggS"))
+    status, reply = raw_request(port, f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nHost: evil.example\r\n\r\n".encode())
+    assert status == 400                                                  # two Host headers
+    for host in ("127.0.0.1", f"127.0.0.1:{port}", f"localhost:{port}", f"LOCALHOST:{port}", f"[::1]:{port}",
+                 f"localhost.:{port}"):
+        status, headers, body = http_get(port, token_path, headers={"Host": host}, method="HEAD")
+        assert status == 200 and headers["content-type"].startswith("audio/"), (host, status)
+    assert http_get(port, "/", headers={"Host": f"localhost:{port}"})[0] == 200
+
+
+def test_requests_from_another_sites_page_are_refused(site):
+    """A page elsewhere (another site, another port on this machine, a sandboxed or file:// page)
+    cannot make the server answer: its Origin, or its Fetch Metadata, is refused with 403. The
+    user opening the app from a link (a top-level navigation) still works."""
+    port = site["port"]
+    token_path = audio_path(_ok(site)["id"].iloc[0])
+    tile = _tile_url(-10, 10, -10, 10, 32, 32)
+    foreign = [{"Origin": "http://evil.example"}, {"Origin": f"http://evil.example:{port}"}, {"Origin": "null"},
+               {"Origin": f"http://127.0.0.1:{port + 1}"}, {"Origin": f"http://localhost:{port}.evil.example"},
+               {"Origin": f"file://"}, {"Origin": f"http://127.0.0.1:{port}/path"}, {"Origin": "garbage"},
+               {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "no-cors", "Sec-Fetch-Dest": "image"},
+               {"Sec-Fetch-Site": "same-site", "Sec-Fetch-Mode": "no-cors", "Sec-Fetch-Dest": "audio"},
+               {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "cors", "Sec-Fetch-Dest": "empty"},
+               {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "navigate", "Sec-Fetch-Dest": "iframe"},
+               {"Sec-Fetch-Site": "same-origin", "Sec-Fetch-Mode": "navigate", "Sec-Fetch-Dest": "iframe"},
+               {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "navigate", "Sec-Fetch-Dest": "embed"}]
+    for headers in foreign:
+        for target in ("/", token_path, tile, "/static/js/bokeh.min.js"):
+            status, got, body = http_get(port, target, headers=headers)
+            assert status == 403, (headers, target[:30], status)
+            assert got["content-type"].startswith("text/plain") and not body.startswith((b"\x89PNG", b"RIFF", b"OggS"))
+    own = [{"Origin": f"http://127.0.0.1:{port}"}, {"Origin": f"http://localhost:{port}"},
+           {"Sec-Fetch-Site": "same-origin", "Sec-Fetch-Mode": "no-cors", "Sec-Fetch-Dest": "audio"},
+           {"Sec-Fetch-Site": "none", "Sec-Fetch-Mode": "navigate", "Sec-Fetch-Dest": "document"},
+           {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "navigate", "Sec-Fetch-Dest": "document"}]
+    for headers in own:
+        assert http_get(port, token_path, headers=headers)[0] == 200, headers
+    assert http_get(port, "/", headers=own[-1])[0] == 200
+
+
+def test_every_response_forbids_framing(site):
+    """X-Frame-Options: DENY and CSP frame-ancestors 'none' on the page, assets, audio, tiles,
+    refusals and 404s (plus nosniff and a same-origin resource policy)."""
+    port = site["port"]
+    token_path = audio_path(_ok(site)["id"].iloc[0])
+    cases = [("/", {}), ("/static/js/bokeh.min.js", {}), ("/favicon.ico", {}), (token_path, {}),
+             (token_path, {"Range": "bytes=0-9"}), (_tile_url(-10, 10, -10, 10, 16, 16), {}), ("/tile.png?w=0", {}),
+             ("/audio/0123456789abcdef", {}), ("/components/this/a/b/c", {}), ("/static/..%2f..%2fx", {}),
+             ("/", {"Host": "evil.example"}), ("/", {"Origin": "http://evil.example"})]
+    for path, headers in cases:
+        status, got, _ = http_get(port, path, headers=headers)
+        assert got.get("x-frame-options") == "DENY", (path, status)
+        assert got.get("content-security-policy") == "frame-ancestors 'none'", (path, status)
+        assert got.get("x-content-type-options") == "nosniff" and got.get("cross-origin-resource-policy") == "same-origin"
+
+
+def test_audio_ids_cannot_be_derived_from_paths(site):
+    """The page sees a keyed token per file; the path-derived manifest id, a token made with
+    another key, or any other 32 hex digits get 404, so a page cannot probe for files by path."""
+    from klustr_gpu.render.security import audio_token
+
+    port, ok = site["port"], _ok(site)
+    row = ok.iloc[0]
+    assert http_get(port, audio_path(row["id"]), method="HEAD")[0] == 200
+    for path in (f"/audio/{row['id']}", f"/audio/{file_id(row['path'])}",
+                 f"/audio/{audio_token(row['id'], b'another-key-0123456789abcdef')}", "/audio/" + "0" * 32,
+                 f"/audio/{_token(row['id']).upper()}", f"/audio/{_token(row['id'])[:16]}"):
+        status, headers, body = http_get(port, path)
+        assert status == 404 and not headers["content-type"].startswith("audio/"), path
+
+
+def test_audio_tokens_are_keyed_per_server(tmp_path):
+    from klustr_gpu.render.security import AudioIndex, audio_token, audio_url, use_audio_key
+
+    ids = [file_id(f"kick/k{i}.wav") for i in range(50)]
+    a = AudioIndex({i: tmp_path / f"{i}.wav" for i in ids}, key=b"a" * 32)
+    b = AudioIndex({i: tmp_path / f"{i}.wav" for i in ids}, key=b"b" * 32)
+    tokens = [a.token(i) for i in ids]
+    assert len(set(tokens)) == 50 and all(len(t) == 32 and t not in ids for t in tokens)
+    assert [a.resolve(t) for t in tokens] == ids and all(b.resolve(t) is None for t in tokens)
+    assert all(a.resolve(i) is None for i in ids)                  # a bare manifest id is no token
+    assert a.url(ids[0], 0.75) == f"/audio/{tokens[0]}#t=0.750" == audio_url(ids[0], 0.75, key=b"a" * 32)
+    assert audio_token(ids[0], b"a" * 32) == tokens[0]
+    assert AudioIndex({}).token(ids[0]) == audio_token(ids[0], use_audio_key())   # default: the process's key
+    with pytest.raises(ValueError):
+        use_audio_key(b"short")
+    for bad in (None, 5, "", "g" * 32, tokens[0] + "0", tokens[0].upper()):
+        assert a.resolve(bad) is None
+
+
+def test_oversize_bodies_and_header_floods_are_refused_and_the_server_survives(site):
+    port = site["port"]
+    token_path = audio_path(_ok(site)["id"].iloc[0])
+    big = f"POST {token_path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {50 << 20}\r\n\r\n".encode() + b"x" * 65536
+    status, reply = raw_request(port, big)
+    assert status in (None, 400, 405, 413), status
+    many = "".join(f"X-H{i}: {'v' * 60}\r\n" for i in range(2000))
+    status, reply = raw_request(port, f"GET {token_path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{many}\r\n".encode())
+    assert status in (None, 400, 413, 431), status
+    status, reply = raw_request(port, f"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nOrigin: {'o' * 50_000}\r\n\r\n".encode())
+    assert status in (None, 400, 403, 431), status
+    assert http_get(port, token_path, method="HEAD")[0] == 200

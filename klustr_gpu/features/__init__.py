@@ -1,4 +1,4 @@
-"""The features stage: batched torch features of every ok file -> ``PROJECT/features/<set>/``.
+"""Features: batched torch features of every ok file -> ``PROJECT/features/<set>/``.
 
 Feature sets (see :mod:`klustr_gpu.features.transforms` for exact definitions):
 ``stft`` (the 2017 32x32 STFT fingerprint), ``mfcc`` (stats or grid, optional deltas),
@@ -7,25 +7,23 @@ Feature sets (see :mod:`klustr_gpu.features.transforms` for exact definitions):
 and ``general`` (the default: blocks of those chosen by a label-free rule, see
 :mod:`klustr_gpu.features.auto`).
 
-Public API::
-
-    summary = extract(project, sets=["mfcc"], device="auto")   # compute / resume / update
-    table = load(project, "mfcc")                              # FeatureTable(ids, file_ids, starts, X, name)
+The stage is :func:`klustr_gpu.compute_features`; ``load(project, "mfcc")`` reads a set back
+(a :class:`FeatureTable`). Modules, one job each: ``functional`` (pure batched maths),
+``transforms`` (the sets as ``nn.Module``\ s), ``plan`` (units, shards, what each set needs),
+``decode`` (work items -> windows, the worker pool, timeouts), ``compute`` (windows -> rows,
+in batches), ``write`` (one shard writer), ``store`` (the zarr store and its ledger), ``run``
+(the in-process run), ``distributed`` (the Dask run).
 """
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from ..config import FEATURE_SETS, Config
 from ..errors import StoreError, UsageError
-from ..store import Project
 
-__all__ = ["extract", "load", "FeatureTable"]
+__all__ = ["load", "FeatureTable"]
 
 log = logging.getLogger(__name__)
 
@@ -49,114 +47,31 @@ class FeatureTable:
         return len(self.ids)
 
 
-def _project(project: str | Path | Project) -> Project:
-    return project if isinstance(project, Project) else Project(project)
-
-
-def extract(project, config: Config | None = None, *, sets=None, device=None, batch_size=None, workers=None,
-            frames=None, window=None, hop=None, cluster=None, progress=True) -> dict[str, Any]:
-    """Compute feature sets for every ok file of ``project``'s manifest.
-
-    Writes ``PROJECT/features/<set>/`` (frame mode: ``PROJECT/features/<set>@frames/``).
-    ``config`` defaults to the project's ``klustr.toml``; keyword arguments override it, and the
-    effective config is written back before any work. ``device``: ``auto`` (cuda when
-    available), ``cpu`` or ``cuda`` (:class:`~klustr_gpu.errors.EngineUnavailable` without CUDA).
-    Finished shards are kept: a killed run resumes, an unchanged rerun computes nothing, and
-    after a rescan only new or changed files are computed. Files that fail to decode are marked
-    ``skipped`` in the manifest with their reason.
-
-    ``cluster``: a Dask cluster spec (``local:N``, ``cuda``, ``tcp://HOST:PORT``; see
-    :mod:`klustr_gpu.cluster`) or a ``distributed.Client`` already connected: every manifest
-    shard is computed as one task on the workers (clip and frame mode), with the same results as
-    the in-process run. Default: the config's ``features.cluster`` ("" = in-process).
-
-    Returns ``{set: {n_rows, dim, computed, reused, seconds}, "skipped": {id: reason},
-    "device": str, "frames": bool, "seconds": float}``.
-    """
-    from .pipeline import resolve_device, run
-
-    proj = _project(project).require("manifest")
-    cfg = config if config is not None else proj.load_config()
-    overrides: dict[str, Any] = {}
-    for key, value in (("sets", sets), ("device", device), ("batch_size", batch_size), ("workers", workers),
-                       ("frames", frames), ("window", window), ("hop", hop)):
-        if value is not None:
-            if key == "sets":
-                value = [v.strip() for item in ([value] if isinstance(value, str) else value)
-                         for v in str(item).split(",") if v.strip()]
-            overrides[f"features.{key}"] = value
-    client = None
-    if cluster is not None and not isinstance(cluster, str):
-        client = cluster                                        # an existing distributed.Client
-    elif cluster is not None:
-        overrides["features.cluster"] = cluster
-    cfg = cfg.updated(overrides) if overrides else cfg
-    cfg.validate()
-    if not cfg.features.sets:
-        raise UsageError(f"no feature set given; choose from: {', '.join(FEATURE_SETS)}")
-    dev = resolve_device(cfg.features.device)
-    spec = cfg.features.cluster if client is None else "client"
-    if spec:
-        from .distributed import check_spec
-
-        check_spec(spec if client is None else "local", bool(cfg.features.frames))
-    with proj.lock("features"):
-        from .auto import resolve
-
-        cfg = resolve(proj, cfg)                                # the general set's profile (issue 14)
-        proj.write_config(cfg)
-        if spec:
-            summary = _run_on_cluster(proj, cfg, dev, client, progress)
-        else:
-            summary = run(proj, cfg, dev, progress=progress)
-        new = _new_skips(proj, summary["skipped"])
-        if new:
-            proj.mark_skipped(new)
-            log.warning("features: %d files could not be decoded (see manifest reasons)", len(new))
-    return summary
-
-
-def _run_on_cluster(proj: Project, cfg: Config, dev, client, progress: bool) -> dict[str, Any]:
-    from ..cluster import client as open_client
-    from .distributed import run as run_distributed
-
-    if client is not None:
-        return run_distributed(proj, cfg, dev, client, progress=progress)
-    with open_client(cfg.features.cluster) as c:
-        return run_distributed(proj, cfg, dev, c, progress=progress)
-
-
-def _new_skips(proj: Project, skipped: dict[str, str]) -> dict[str, str]:
-    if not skipped:
-        return {}
-    df = proj.read_manifest()
-    ok = set(df.loc[df["status"] == "ok", "id"])
-    return {k: v for k, v in skipped.items() if k in ok}
-
-
 def load(project, name: str = "mfcc", *, frames: bool | None = None) -> FeatureTable:
     """The usable rows of feature set ``name`` (ok files only, manifest order).
 
     ``frames=None``: frame mode if the project's config says so. Raises UsageError when the set
     was never computed and StoreError when it is out of date with the manifest (rescanned).
     """
+    from ..runtime import as_project
     from .store import SetStore, store_dir
 
-    proj = _project(project).require("manifest")
+    proj = as_project(project).require("manifest")
     cfg = proj.load_config()
     frames = bool(cfg.features.frames) if frames is None else bool(frames)
     store = SetStore(store_dir(proj.features_root, name, frames), name, frames)
     gen = store.current()
     mode = "frame mode " if frames else ""
     if gen is None:
-        flag = " --frames" if frames else ""
-        raise UsageError(f"{proj.path} has no {mode}features {name!r}; run `klustr features {proj.path} --set {name}{flag}`")
+        flag = ", frames=True" if frames else ""
+        raise UsageError(f"{proj.path} has no {mode}features {name!r}; "
+                         f"run compute_features({str(proj.path)!r}, sets=[{name!r}]{flag})")
     df = proj.read_manifest()
     files = store.files(gen.name)
     if len(files) != len(df) or not (files["id"].to_numpy() == df["id"].astype(str).to_numpy()).all() \
             or not (files["hash"].to_numpy() == df["hash"].fillna("").astype(str).to_numpy()).all():
         raise StoreError(f"features {name!r} in {proj.path} are out of date with the manifest; "
-                         f"run `klustr features {proj.path}` to update them")
+                         f"run compute_features({str(proj.path)!r}) to update them")
     X = np.asarray(store.array(gen.name)[:], dtype=np.float32)
     ok_ids = set(df.loc[df["status"] == "ok", "id"].astype(str)) - set(gen.skipped)
     if frames:

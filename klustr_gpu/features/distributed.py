@@ -1,10 +1,11 @@
 """Feature extraction over a Dask cluster (``--cluster``), partitioned by manifest shards.
 
-The client (this process) plans exactly like the in-process run (:func:`.pipeline.run`): which
+The client (this process) plans exactly like the in-process run (:mod:`.run`): which
 shards of which set still need work, which rows can be copied from an older generation. It
 then submits one task per shard. A task decodes and computes that shard's files on its worker
 (with the in-process code: the same batches, hence the same floats) and writes the shard's
-rows into its own region of each set's zarr array; it returns the shard's skips and counts.
+rows into its own region of each set's zarr array with :func:`.write.write_shard` (without
+committing); it returns the shard's skips and counts.
 The client alone writes the ledger: it commits shards in manifest order as their tasks finish.
 
 Clip mode: a shard is exactly one zarr chunk (``chunk_rows == shard_size``, one row per
@@ -16,7 +17,8 @@ identical to an uninterrupted run. A client killed mid-run resumes like the in-p
 
 Frame mode (``--frames``): one task per shard of the frame layout (blocks of windows of long
 recordings) decodes and computes its windows on a worker, like clip mode, but *returns* its
-rows instead of writing them; the client writes and commits the shards in order. Workers
+rows instead of writing them; the client writes them with :func:`.write.write_shard` and
+commits the shards in order. Workers
 cannot write frame rows themselves: a frame shard's first row depends on how many windows
 every earlier shard kept (a file that fails to decode in one shard drops its blocks in the
 later ones), and frame shards do not line up with zarr chunks, so two tasks would share
@@ -24,7 +26,6 @@ chunk files. The client's work per shard is a copy of rows it already holds.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import time
@@ -37,10 +38,15 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..config import Config
+from ..results import FeaturesResult
+from ..runtime import torch_device, torch_threads
 from ..store import Project
-from .pipeline import (TASK_WINDOWS, Layout, SetPlan, _Computer, _emit_computed, _emit_known, _items, _ordered,
-                       _pack, _summary, _Writer, plan_run, units_to_decode)
+from .compute import Computed, compute_stream
+from .decode import TASK_WINDOWS, decode_task, ordered, pack
+from .plan import Layout, SetPlan, plan_run, units_to_decode
+from .run import summarize
 from .store import Generation, RowSource, SetStore
+from .write import write_shard
 
 log = logging.getLogger(__name__)
 
@@ -58,16 +64,6 @@ class SetSpec:
     frames: bool
     gen: dict
     source: dict | None     # the complete older generation rows are copied from, if any
-
-
-class _OneShard:
-    """``shard_of`` for a task that holds the units of a single shard."""
-
-    def __init__(self, k: int):
-        self.k = k
-
-    def __getitem__(self, unit) -> int:
-        return self.k
 
 
 _CACHE: dict[tuple, Any] = {}      # per worker process: built modules and row sources
@@ -88,11 +84,25 @@ def _layout(project: str, cfg: Config, cfg_json: str, expected: str) -> Layout:
         proj = Project(project)
         layout = Layout.from_manifest(proj, proj.read_manifest(), cfg, bool(cfg.features.frames))
         if layout.hash != expected:
-            raise RuntimeError(f"the manifest of {project} changed during the run; rerun `klustr features`")
+            raise RuntimeError(f"the manifest of {project} changed during the run; rerun compute_features({project!r})")
         layout.paths = [p.resolve() for p in layout.paths]
         return layout
 
     return _cached(("layout", project, cfg_json, expected), make)
+
+
+def _modules(cfg: Config, cfg_json: str, sets, device) -> dict:
+    """This worker's feature modules of ``sets`` (built once per process and config)."""
+    from .transforms import build
+
+    return {name: _cached(("module", cfg_json, name, str(device)), lambda: build(name, cfg).to(device))
+            for name in sets}
+
+
+def _computed(layout: Layout, cfg: Config, modules: dict, device, units: np.ndarray) -> Iterator[Computed]:
+    """The computed rows of ``units`` (one shard), in order, decoded and computed here."""
+    decoded = ordered(pack(layout.items(units), None, TASK_WINDOWS), decode_task, (cfg.audio, layout.frame_args), 0)
+    return compute_stream(decoded, modules, device, cfg.features.batch_size)
 
 
 def shard_task(project: str, cfg_json: str, layout_hash: str, specs: list[SetSpec], k: int,
@@ -103,38 +113,15 @@ def shard_task(project: str, cfg_json: str, layout_hash: str, specs: list[SetSpe
     NaN rows of files that are not ok). Rows go to the arrays at the shard's own offset; nothing
     is committed. Returns ``{"shard", "rows_end", "sets": {name: {skipped, computed, reused, seconds}}}``.
     """
-    from .pipeline import resolve_device
-    from .transforms import build
-
     cfg = Config.from_dict(json.loads(cfg_json))
-    device = resolve_device(cfg.features.device)
+    device = torch_device(cfg.features.device)
     layout = _layout(project, cfg, cfg_json, layout_hash)
     lo, hi = layout.shards[k]
-    plans = []
-    for s in specs:
-        store = SetStore(Path(s.path), s.name, s.frames)
-        gen = Generation(**s.gen)
-        gen.rows_done = lo                      # clip mode: the shard's first row
-        source = None
-        if s.source is not None:
-            src = Generation(**s.source)
-            source = _cached(("source", s.path, src.name),
-                             lambda: RowSource(SetStore(Path(s.path), s.name, s.frames), src))
-        module = _cached(("module", cfg_json, s.name, str(device)), lambda: build(s.name, cfg).to(device))
-        plans.append(SetPlan(s.name, store, gen, source, module=module))
-    units = lo + np.flatnonzero(need)
-    tasks = _pack(_items(layout, units), None, TASK_WINDOWS)
-    decoded = _ordered(tasks, cfg.audio, None, 0)
-    computer = _Computer(decoded, _OneShard(k), plans, device, cfg.features.batch_size)
-    writers = {p.name: _Writer(p, layout.frames) for p in plans}
-    with _worker_threads():
-        for u in range(lo, hi):
-            if need[u - lo]:
-                _emit_computed(computer, u, plans, writers, layout, cfg.features.hop)
-            else:
-                _emit_known(u, plans, writers, layout)
-        for w in writers.values():
-            w.flush()
+    plans = [SetPlan(s.name, SetStore(Path(s.path), s.name, s.frames), Generation(**s.gen), _source(s)) for s in specs]
+    computed = _computed(layout, cfg, _modules(cfg, cfg_json, [s.name for s in specs], device), device,
+                         lo + np.flatnonzero(need))
+    with torch_threads(1):           # one thread per task: parallelism comes from tasks (see module doc)
+        writers = write_shard(layout, k, plans, need, computed, commit=False, offset=lo)
     ends = {w.offset for w in writers.values()}
     if ends != {hi}:
         raise RuntimeError(f"shard {k}: wrote rows up to {sorted(ends)}, expected {hi}")
@@ -143,98 +130,53 @@ def shard_task(project: str, cfg_json: str, layout_hash: str, specs: list[SetSpe
                               "seconds": p.seconds} for p in plans}}
 
 
+def _source(s: SetSpec) -> RowSource | None:
+    """The older generation a set copies rows from (cached per worker process)."""
+    if s.source is None:
+        return None
+    src = Generation(**s.source)
+    return _cached(("source", s.path, src.name), lambda: RowSource(SetStore(Path(s.path), s.name, s.frames), src))
+
+
 def frame_shard_task(project: str, cfg_json: str, layout_hash: str, sets: list[str], k: int,
                      need: np.ndarray) -> dict[str, Any]:
     """Frame mode: decode and compute the blocks of shard ``k`` marked in ``need`` (runs on a
     worker) with the in-process code (the same blocks, batches and floats); writes nothing.
 
-    Returns ``{"shard", "units": [(item, {set: rows}, skip reason | None)], "seconds": {set: s}}``
-    for the client to write (see the module docstring for why the client writes frame rows).
+    Returns ``{"shard", "units": [Computed, ...]}`` for the client to write (see the module
+    docstring for why the client writes frame rows).
     """
-    from .pipeline import resolve_device
-    from .transforms import build
-
     cfg = Config.from_dict(json.loads(cfg_json))
-    fc = cfg.features
-    device = resolve_device(fc.device)
+    device = torch_device(cfg.features.device)
     layout = _layout(project, cfg, cfg_json, layout_hash)
     lo, _hi = layout.shards[k]
-    plans = [SetPlan(name, None, None, None,  # type: ignore[arg-type]   (computes only: no store)
-                     module=_cached(("module", cfg_json, name, str(device)), lambda: build(name, cfg).to(device)))
-             for name in sets]
-    units = lo + np.flatnonzero(need)
-    decoded = _ordered(_pack(_items(layout, units), None, TASK_WINDOWS), cfg.audio, (fc.window, fc.hop), 0)
-    computer = _Computer(decoded, _OneShard(k), plans, device, fc.batch_size)
-    out = []
-    with _worker_threads():
-        for u in units:
-            it, outs, reason = computer.next()
-            if it.unit != u:
-                raise RuntimeError(f"shard {k}: decoded unit {it.unit}, expected {u}")
-            out.append((it, outs, reason))
-    return {"shard": k, "units": out, "seconds": {p.name: p.seconds for p in plans}}
+    computed = _computed(layout, cfg, _modules(cfg, cfg_json, sets, device), device, lo + np.flatnonzero(need))
+    with torch_threads(1):
+        return {"shard": k, "units": list(computed)}
 
 
-class _Replay:
-    """Stands in for :class:`.pipeline._Computer` on the client: yields a frame task's results."""
+def run_on_cluster(project: Project, cfg: Config, device, client, *, progress: bool = True) -> FeaturesResult:
+    """Like :func:`.run.run_in_process`, with every shard computed as one task on ``client``'s workers."""
+    from ..cluster import check_workers_see
 
-    def __init__(self, units: list[tuple]):
-        self.units = iter(units)
-
-    def next(self) -> tuple:
-        it, outs, reason = next(self.units)
-        return it, outs or {}, reason
-
-
-@contextlib.contextmanager
-def _worker_threads() -> Iterator[None]:
-    """One torch thread per task (like the in-process decode workers): a worker may run several
-    tasks at once, and ``local:N`` runs N workers on this machine; parallelism comes from tasks."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-def check_spec(spec: str, frames: bool = False) -> None:
-    """Fail at once on a bad ``--cluster`` (before any work). Clip and frame mode both run on a cluster."""
-    from ..cluster import parse
-
-    parse(spec)
-
-
-def run(project: Project, cfg: Config, device, client, *, progress: bool = True) -> dict[str, Any]:
-    """Like :func:`.pipeline.run`, with every shard computed as one task on ``client``'s workers."""
     t_start = time.perf_counter()
-    frames = bool(cfg.features.frames)
     layout, _, plans = plan_run(project, cfg)
     todo = [p for p in plans if not p.done]
-    need, _, work = units_to_decode(layout, todo)
-    if not frames:
+    need, work = units_to_decode(layout, todo)
+    if not layout.frames:
         for p in todo:                 # every task writes its own region: size the arrays once
             arr = p.store.array(p.gen.name)
             if arr.shape[0] < len(layout.ids):
                 arr.resize(len(layout.ids), p.gen.dim)
     n_files = len(np.unique(layout.unit_pos[need]))
     if work:
-        _check_workers_see(client, [project.path.resolve(), project.library_root.resolve()])
+        check_workers_see(client, [project.path.resolve(), project.library_root.resolve()])
         log.info("features: %d shards (%d files to decode%s) on the Dask cluster", len(work), n_files,
-                 f", {int(layout.unit_n[need].sum())} windows" if frames else "")
+                 f", {int(layout.unit_n[need].sum())} windows" if layout.frames else "")
         _submit_and_commit(project, cfg, layout, work, need, client, progress)
     for p in todo:
         p.store.finish(p.gen)
-    return _summary(project, plans, layout, device, time.perf_counter() - t_start)
-
-
-def _check_workers_see(client, folders: list[Path]) -> None:
-    """Every worker must see the library and the project at the same paths."""
-    from ..cluster import check_workers_see
-
-    check_workers_see(client, folders)
+    return summarize(plans, layout, device, time.perf_counter() - t_start)
 
 
 def _spec(p: SetPlan) -> SetSpec:
@@ -278,9 +220,9 @@ def _submit_and_commit(project: Project, cfg: Config, layout: Layout, work: list
             while nxt < len(order) and order[nxt] in results:        # commit in manifest order
                 res, active = results.pop(order[nxt]), active_of[order[nxt]]
                 if frames:
-                    _commit_frames(res, active, layout, need, cfg.features.hop)
+                    commit_frames(res, active, layout, need)
                 else:
-                    _commit(res, active)
+                    commit_clips(res, active)
                 nxt += 1
     except BaseException:
         client.cancel(list(futures))
@@ -289,7 +231,8 @@ def _submit_and_commit(project: Project, cfg: Config, layout: Layout, work: list
         bar.close()
 
 
-def _commit(res: dict[str, Any], active: list[SetPlan]) -> None:
+def commit_clips(res: dict[str, Any], active: list[SetPlan]) -> None:
+    """Commit one clip shard a task wrote (its rows are in place), in each set's ledger."""
     for p in active:
         r = res["sets"][p.name]
         p.computed += r["computed"]
@@ -299,19 +242,8 @@ def _commit(res: dict[str, Any], active: list[SetPlan]) -> None:
         p.skipped.update(r["skipped"])
 
 
-def _commit_frames(res: dict[str, Any], active: list[SetPlan], layout: Layout, need: np.ndarray,
-                   hop: float) -> None:
+def commit_frames(res: dict[str, Any], active: list[SetPlan], layout: Layout, need: np.ndarray) -> None:
     """Write one frame shard from its task's rows (and rows copied from an older generation),
     exactly as the in-process run writes it, then commit it."""
-    k = res["shard"]
-    lo, hi = layout.shards[k]
-    replay = _Replay(res["units"])
-    writers = {p.name: _Writer(p, True) for p in active}
-    for u in range(lo, hi):
-        if need[u]:
-            _emit_computed(replay, u, active, writers, layout, hop)   # type: ignore[arg-type]
-        else:
-            _emit_known(u, active, writers, layout)
-    for p in active:
-        p.seconds += res["seconds"].get(p.name, 0.0)
-        writers[p.name].commit()
+    lo, hi = layout.shards[res["shard"]]
+    write_shard(layout, res["shard"], active, need[lo:hi], iter(res["units"]))

@@ -1,12 +1,14 @@
-"""The library stage: scan, decode, labels, manifest, and the demo corpus.
+"""The library: scanning folders into a manifest, decoding files, labels, the demo corpus.
 
-``demo_corpus`` loads lazily, so decode workers do not pay for scipy.signal at start-up.
+The stage is :func:`klustr_gpu.scan`. ``demo_corpus`` loads lazily, so decode workers do not
+pay for scipy.signal at start-up.
 """
 from .decode import decode, read_info
-from .labels import Labeller, label_regex
-from .scan import file_id, scan
+from .labels import Labeller, is_missing, label_regex, manifest_labels
+from .scan import file_id, scan_library
 
-__all__ = ["decode", "read_info", "demo_corpus", "Labeller", "label_regex", "file_id", "scan"]
+__all__ = ["decode", "read_info", "demo_corpus", "Labeller", "is_missing", "label_regex", "manifest_labels",
+           "file_id", "scan_library"]
 
 
 def __getattr__(name):

@@ -2,8 +2,12 @@
 from __future__ import annotations
 
 import csv
+import math
 import re
 from pathlib import Path, PurePosixPath
+from typing import Any
+
+from pandas import NA
 
 from ..errors import UsageError
 
@@ -22,6 +26,34 @@ KLUSTR_2017_CLASSES = {
 LABEL_MODES = ("none", "csv", "parent", "regex")
 
 
+def is_missing(label: Any) -> bool:
+    """Whether ``label`` says "no label": None, NaN, pandas' NA / NaT, or text that is empty
+    or only spaces. The one rule of the whole package (scores, maps, colours)."""
+    if label is None:
+        return True
+    if isinstance(label, str):
+        return not label.strip()
+    if isinstance(label, float):
+        return math.isnan(label)
+    try:
+        return bool(label != label)       # NaT and numpy NaN
+    except (TypeError, ValueError):       # pandas' NA refuses bool(); anything else array-like is a label
+        return label is NA
+
+
+def clean_label(label: Any) -> str | None:
+    """``label`` as text, or None when it is missing (:func:`is_missing`)."""
+    return None if is_missing(label) else str(label)
+
+
+def manifest_labels(project) -> dict[str, str | None]:
+    """``{file id: label or None}`` of every file of a project's manifest."""
+    df = project.read_manifest()
+    if "label" not in df.columns:
+        return {}
+    return {str(i): clean_label(v) for i, v in zip(df["id"], df["label"])}
+
+
 def label_regex(rel_path: str) -> str | None:
     """The 2017 rule applied to one relative path; ``None`` when no or several classes match."""
     hits = [name for name, rx in KLUSTR_2017_CLASSES.items() if rx.search(rel_path)]
@@ -37,7 +69,7 @@ def read_labels_csv(path: str | Path) -> dict[str, str]:
     """``path,label`` rows (paths relative to the library, header optional) -> dict."""
     path = Path(path)
     if not path.is_file():
-        raise UsageError(f"labels file {path} does not exist")
+        raise UsageError(f"labels file {path} does not exist", param="labels")
     out: dict[str, str] = {}
     try:
         with open(path, newline="", encoding="utf-8-sig") as fh:
@@ -62,7 +94,7 @@ class Labeller:
     def __init__(self, *, csv_path: str | Path | None = None, from_parent: bool = False, regex: bool = False):
         chosen = sum([csv_path is not None, from_parent, regex])
         if chosen > 1:
-            raise UsageError("choose one of --labels CSV, --label-from parent, --label-regex")
+            raise UsageError("choose one of labels=CSV, label_from='parent', label_regex=True", param="labels")
         self.mode = "csv" if csv_path is not None else "parent" if from_parent else "regex" if regex else "none"
         self._table = read_labels_csv(csv_path) if csv_path is not None else None
 

@@ -14,10 +14,9 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from ..config import FFMPEG_EXTENSIONS, Config
-from ..errors import SkipFile, UsageError
+from ..errors import SkipFile
 from ..store import MANIFEST_COLUMNS, Project
 from .decode import check_header, read_info
-from .labels import Labeller
 
 log = logging.getLogger(__name__)
 
@@ -129,53 +128,31 @@ def _row(path: Path, root: Path, cfg: Config, labeller: Callable[[str], str | No
     return row
 
 
-def scan(
-    library: str | Path,
-    project: str | Path | Project,
-    *,
-    config: Config | None = None,
-    labels: str | Path | None = None,
-    label_from: str | None = None,
-    label_regex: bool = False,
-    progress: bool = True,
-    threads: int = 4,
-) -> pd.DataFrame:
-    """Walk ``library`` and write ``PROJECT/manifest.parquet``; returns the manifest.
-
-    ``labels``: a CSV of ``path,label`` (paths relative to the library); ``label_from="parent"``:
-    the folder name; ``label_regex``: the 2017 keyword rule. Broken files become rows with
-    ``status="skipped"`` and a ``reason``.
-    """
-    root = Path(library).expanduser()
-    if not root.exists():
-        raise UsageError(f"library folder {root} does not exist")
-    if not root.is_dir():
-        raise UsageError(f"library {root} is not a folder")
-    if label_from not in (None, "parent"):
-        raise UsageError(f"--label-from {label_from!r} is not supported; use 'parent'")
-    proj = project if isinstance(project, Project) else Project(project)
-    proj.ensure()
-    root = root.resolve()
+def scan_library(root: Path, proj: Project, cfg: Config, labeller: Callable[[str], str | None], *,
+                 progress: bool = True, threads: int = 4) -> pd.DataFrame:
+    """Walk the library folder ``root`` (resolved), read every audio file's header, hash and label
+    it, and write ``PROJECT/manifest.parquet``; returns the manifest. Broken files become rows
+    with ``status="skipped"`` and a ``reason``. The caller holds the project's lock (the
+    :func:`klustr_gpu.scan` stage checks its arguments and takes it)."""
+    project_dir = proj.path.resolve()
     try:
-        proj.path.resolve().relative_to(root)
+        project_dir.relative_to(root)
         inside = True
     except ValueError:
         inside = False
-    cfg = config or proj.load_config()
-    labeller = Labeller(csv_path=labels, from_parent=label_from == "parent", regex=label_regex)
     exts = extensions(cfg)
-    with proj.lock("scan"):
-        paths = [p for p in tqdm(walk(root, exts, cfg.scan.follow_symlinks), desc="scan: walk", unit=" files",
-                                 disable=not progress, leave=False)
-                 if not (inside and _under(p, proj.path.resolve()))]
-        with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-            rows = list(tqdm(pool.map(lambda p: _row(p, root, cfg, labeller), paths), total=len(paths),
-                             desc="scan: headers", unit=" files", disable=not progress))
-        df = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
-        if len(df):
-            df = df.drop_duplicates("id").reset_index(drop=True)
-        df["label"] = df["label"].astype("object")
-        proj.write_manifest(df, {"library": str(root), "labels": labeller.mode, "config_preset": cfg.preset})
+    paths = [p for p in tqdm(walk(root, exts, cfg.scan.follow_symlinks), desc="scan: walk", unit=" files",
+                             disable=not progress, leave=False)
+             if not (inside and _under(p, project_dir))]
+    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+        rows = list(tqdm(pool.map(lambda p: _row(p, root, cfg, labeller), paths), total=len(paths),
+                         desc="scan: headers", unit=" files", disable=not progress))
+    df = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
+    if len(df):
+        df = df.drop_duplicates("id").reset_index(drop=True)
+    df["label"] = df["label"].astype("object")
+    mode = getattr(labeller, "mode", "none")
+    proj.write_manifest(df, {"library": str(root), "labels": mode, "config_preset": cfg.preset})
     log.info("scan: %d files, %d ok, %d skipped", len(df), int((df.status == "ok").sum()), int((df.status != "ok").sum()))
     return df
 

@@ -2,54 +2,15 @@
 from __future__ import annotations
 
 import logging
-import os
 
 import numpy as np
 
 from ..errors import UsageError
-from .pca import check_features
+from .validate import check_features
 
 log = logging.getLogger(__name__)
 
-MIN_POINTS = 5   # below this t-SNE / UMAP are meaningless: a handled case (see _tiny_layout)
-
-
-def busy_elsewhere(samples: int = 3, gap: float = 0.005) -> int:
-    """Cores that other work keeps busy *now*: the fewest runnable tasks ``/proc/loadavg``
-    reports over ``samples`` readings ``gap`` seconds apart, less the reading thread itself.
-
-    Not the 1-minute load average: it lags, so right after ``klustr features`` (or any stage of
-    ``klustr map``) our own finished work still reads as 2-3 busy cores and the next stage would
-    run on one thread. Where ``/proc/loadavg`` is missing (not Linux), the load average it is."""
-    import time
-
-    try:
-        seen = []
-        for i in range(max(1, samples)):
-            with open("/proc/loadavg", encoding="ascii") as fh:
-                seen.append(int(fh.read().split()[3].split("/")[0]) - 1)
-            if i + 1 < samples:
-                time.sleep(gap)
-        return max(0, min(seen))
-    except (OSError, ValueError, IndexError):
-        try:
-            return max(0, int(os.getloadavg()[0]) - 1)
-        except OSError:  # pragma: no cover
-            return 0
-
-
-def n_jobs(value: int) -> int:
-    """Threads for a reducer: ``value`` if positive; else the idle cores of this machine (the
-    cores this process may use minus those other work keeps busy now, :func:`busy_elsewhere`;
-    at least 1). Busy-waiting OpenMP threads on cores that other processes hold slow t-SNE down
-    several-fold, and the results do not depend on the thread count."""
-    if value and value > 0:
-        return int(value)
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        cores = os.cpu_count() or 1
-    return max(1, min(cores, cores - busy_elsewhere()))
+MIN_POINTS = 5   # below this t-SNE / UMAP are meaningless: a handled case (see tiny_layout)
 
 
 def tiny_layout(X: np.ndarray, n_components: int = 2) -> np.ndarray:
@@ -70,12 +31,15 @@ def tiny_layout(X: np.ndarray, n_components: int = 2) -> np.ndarray:
 
 
 class Reducer:
-    """Base of the t-SNE / UMAP adapters. ``__init__`` only stores arguments; ``fit`` checks
-    the input, handles tiny inputs, and calls ``_fit``; results end in ``_``."""
+    """Base of every engine's estimators. ``__init__`` only stores arguments; ``fit`` checks the
+    input, handles tiny inputs (fewer than ``min_points`` points, or no columns), and calls
+    ``_fit``; results end in ``_``. ``transform`` places new points by their nearest fitted
+    points (t-SNE and UMAP); PCA overrides it with its linear map."""
 
     n_components = 2
     random_state = None
     metric = "euclidean"
+    min_points = MIN_POINTS
 
     def get_params(self, deep: bool = True) -> dict:
         """The constructor's arguments (``deep`` is accepted for scikit-learn's ``clone``;
@@ -92,9 +56,10 @@ class Reducer:
         self.n_features_in_ = X.shape[1]
         self._X_fit = X
         self._search = None
-        if X.shape[0] < MIN_POINTS or X.shape[1] == 0:
+        if X.shape[0] < self.min_points or X.shape[1] == 0:
             log.warning("%d point(s) with %d informative column(s): placing them directly instead of "
                         "running %s", X.shape[0], X.shape[1], type(self).__name__)
+            self._fit_tiny(X)
             self.embedding_ = tiny_layout(X, self.n_components)
             return self
         self.embedding_ = np.ascontiguousarray(self._fit(X, knn), dtype=np.float32)
@@ -107,24 +72,32 @@ class Reducer:
         """Place new points at the weighted mean of their nearest fitted points."""
         from .neighbours import NeighbourSearch, place_by_neighbours
 
-        if not hasattr(self, "embedding_"):
-            raise UsageError(f"{type(self).__name__} is not fitted yet; call fit first")
-        X = check_features(X, allow_no_columns=True)
-        if X.shape[1] != self.n_features_in_:
-            raise UsageError(f"transform got {X.shape[1]} columns; the model was fitted on {self.n_features_in_}")
+        X = self._check_new(X)
         if self._X_fit.shape[0] < 2 or X.shape[1] == 0:
             return np.zeros((X.shape[0], self.n_components), np.float32)
         if getattr(self, "_search", None) is None:   # built once, reused by every batch
             self._search = NeighbourSearch(self._X_fit, metric=self.metric, seed=self.random_state or 0)
         return place_by_neighbours(self._search, self.embedding_, X, batch_size=batch_size)
 
+    def _check_new(self, X) -> np.ndarray:
+        """New points for ``transform``: fitted first, the same columns."""
+        if not hasattr(self, "embedding_"):
+            raise UsageError(f"{type(self).__name__} is not fitted yet; call fit first")
+        X = check_features(X, allow_no_columns=True)
+        if X.shape[1] != self.n_features_in_:
+            raise UsageError(f"transform got {X.shape[1]} columns; the model was fitted on {self.n_features_in_}")
+        return X
+
     def _fit(self, X: np.ndarray, knn) -> np.ndarray:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def _fit_tiny(self, X: np.ndarray) -> None:
+        """What a model keeps of a tiny input besides its layout (nothing, by default)."""
+
     def _check(self) -> None:
         if getattr(self, "n_neighbors", 2) < 2:
-            raise UsageError(f"n_neighbors must be >= 2; got {self.n_neighbors}")
+            raise UsageError(f"n_neighbors must be >= 2; got {self.n_neighbors}", param="n_neighbors")
         if getattr(self, "perplexity", 1.0) <= 0:
-            raise UsageError(f"perplexity must be > 0; got {self.perplexity}")
+            raise UsageError(f"perplexity must be > 0; got {self.perplexity}", param="perplexity")
         if getattr(self, "min_dist", 0.0) < 0:
-            raise UsageError(f"min_dist must be >= 0; got {self.min_dist}")
+            raise UsageError(f"min_dist must be >= 0; got {self.min_dist}", param="min_dist")

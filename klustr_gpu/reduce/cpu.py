@@ -12,7 +12,9 @@ import warnings
 
 import numpy as np
 
-from .base import Reducer, n_jobs
+from ..runtime import n_jobs
+from .base import Reducer
+from .distances import ANGULAR, chord_from_cosine
 from .neighbours import knn_graph, slice_knn, with_self
 from .pca import TorchPCA
 
@@ -62,8 +64,8 @@ class OpenTSNE(Reducer):
         k = min(n - 1, max(1, int(3 * perplexity)))
         idx, dist = slice_knn(knn, k) if knn is not None else knn_graph(
             X, k, metric=self.metric, seed=self.random_state or 0)
-        if self.metric in ("cosine", "correlation"):
-            dist = np.sqrt(2.0 * np.maximum(dist, 0.0))   # chord length: a Euclidean distance
+        if self.metric in ANGULAR:
+            dist = chord_from_cosine(dist)                # a Euclidean distance, as openTSNE expects
         jobs = n_jobs(self.n_jobs)
         seed = self.random_state if self.random_state is not None else 0
         quiet = logging.getLogger("openTSNE.affinity")     # "KNN index provided..." at INFO

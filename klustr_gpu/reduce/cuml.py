@@ -10,7 +10,9 @@ import inspect
 
 import numpy as np
 
-from .gpu_common import PCAParams, TSNEParams, UMAPParams, euclidean_view, pad_columns
+from .distances import euclidean_view
+from .gpu_common import TSNEParams, UMAPParams
+from .pca import PCAReducer
 
 
 def _import():
@@ -48,11 +50,14 @@ class CumlTSNE(TSNEParams):
         return _run(est, euclidean_view(X, self.metric))
 
 
-class CumlPCA(PCAParams):
-    def _fit(self, X, knn):
-        _, cuml = _import()
-        Y = _run(cuml.PCA(n_components=min(self.n_components, X.shape[1])), X)
-        return pad_columns(Y, self.n_components)
+class CumlPCA(PCAReducer):
+    """cuML's PCA finds the components; projecting onto them (fit and ``transform``) is
+    :class:`.pca.PCAReducer`'s linear map."""
+
+    def _solve(self, X, k):
+        cupy, cuml = _import()
+        est = cuml.PCA(n_components=k).fit(cupy.asarray(X, dtype=cupy.float32))
+        return cupy.asnumpy(est.mean_), cupy.asnumpy(est.components_)
 
 
 ENGINE = {"umap": CumlUMAP, "tsne": CumlTSNE, "pca": CumlPCA}

@@ -1,10 +1,7 @@
-"""Shared by the GPU adapters (cuML, TorchDR): their estimator parameters, metrics they lack
-(expressed as Euclidean on normalised rows) and PCA's padding to ``n_components`` columns."""
+"""The parameters of the GPU engines' UMAP and t-SNE (cuML, TorchDR): one definition, so the
+two engines take the same arguments and keep scikit-learn's estimator contract."""
 from __future__ import annotations
 
-import numpy as np
-
-from ..errors import UsageError
 from .base import Reducer
 
 
@@ -31,33 +28,3 @@ class TSNEParams(Reducer):
         self.n_iter = n_iter
         self.metric = metric
         self.random_state = random_state
-
-
-class PCAParams(Reducer):
-    """The parameters of the GPU engines' PCA."""
-
-    def __init__(self, n_components: int = 2, *, random_state: int | None = None):
-        self.n_components = n_components
-        self.random_state = random_state
-
-
-def pad_columns(Y: np.ndarray, n_components: int) -> np.ndarray:
-    """``Y`` with zero columns appended up to ``n_components`` (PCA of fewer features)."""
-    if Y.shape[1] < n_components:
-        Y = np.hstack([Y, np.zeros((Y.shape[0], n_components - Y.shape[1]), np.float32)])
-    return Y
-
-
-def euclidean_view(X: np.ndarray, metric: str) -> np.ndarray:
-    """Rows such that (squared) Euclidean distance ranks neighbours as ``metric`` does:
-    unit rows for ``cosine``, centred unit rows for ``correlation``."""
-    if metric in ("euclidean", "sqeuclidean"):
-        return X
-    if metric not in ("cosine", "correlation"):
-        raise UsageError(f"metric {metric!r} is not available on the GPU engines; "
-                         "use euclidean, cosine or correlation, or --engine cpu")
-    X = X.astype(np.float32, copy=True)
-    if metric == "correlation":
-        X -= X.mean(axis=1, keepdims=True)
-    X /= np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
-    return X

@@ -25,7 +25,10 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UsageError
-from .pca import check_features
+from ..oom import map_batches
+from ..runtime import n_jobs, torch_device
+from .distances import ANGULAR, cosine_from_chord, euclidean_view
+from .validate import check_features, check_knn
 
 log = logging.getLogger(__name__)
 
@@ -34,42 +37,22 @@ TORCH_METRICS = ("euclidean", "sqeuclidean", "cosine", "correlation")
 _TILE_BYTES = 256 * 1024 * 1024
 
 
-def _torch_device(device: str):
-    import torch
-
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        from ..errors import EngineUnavailable
-        raise EngineUnavailable("device 'cuda' requested but torch sees no CUDA device")
-    if device not in ("cpu", "cuda"):
-        raise UsageError(f"unknown device {device!r}; choose auto, cpu or cuda")
-    return torch.device(device)
-
-
-def _normalise(T, metric: str):
-    if metric == "correlation":
-        T = T - T.mean(dim=1, keepdim=True)
-    if metric in ("cosine", "correlation"):
-        T = T / T.norm(dim=1, keepdim=True).clamp_min(1e-12)
-    return T
-
-
 def _torch_knn(X: np.ndarray, k: int, metric: str, device, Q: np.ndarray | None = None):
     """Exact k-NN of the rows of ``Q`` (default: ``X`` itself, self excluded) among ``X``."""
     import torch
 
-    ref = _normalise(torch.as_tensor(X, device=device), metric)
-    qry = ref if Q is None else _normalise(torch.as_tensor(Q, device=device), metric)
+    ref = torch.as_tensor(euclidean_view(X, metric), device=device)
+    qry = ref if Q is None else torch.as_tensor(euclidean_view(Q, metric), device=device)
     n, m = ref.shape[0], qry.shape[0]
     ref_sq = (ref * ref).sum(dim=1)
     budget = _TILE_BYTES * (8 if device.type == "cuda" else 1)
     tile = max(1, min(m, budget // (4 * max(n, 1))))
     idx = np.empty((m, k), dtype=np.int64)
     dist = np.empty((m, k), dtype=np.float32)
-    for s in range(0, m, tile):
-        q = qry[s:s + tile]
-        if metric in ("cosine", "correlation"):
+
+    def one_tile(s: int, e: int) -> None:
+        q = qry[s:e]
+        if metric in ANGULAR:                   # unit rows: 1 - cos is one matrix product
             d = 1.0 - q @ ref.T
         else:
             d = ((q * q).sum(dim=1, keepdim=True) - 2.0 * (q @ ref.T) + ref_sq).clamp_min_(0.0)
@@ -79,8 +62,10 @@ def _torch_knn(X: np.ndarray, k: int, metric: str, device, Q: np.ndarray | None 
         vals, ind = torch.topk(d, k, dim=1, largest=False, sorted=True)
         if metric == "euclidean":
             vals = vals.sqrt()
-        idx[s:s + tile] = ind.cpu().numpy()
-        dist[s:s + tile] = vals.clamp_min(0.0).float().cpu().numpy()
+        idx[s:e] = ind.cpu().numpy()
+        dist[s:e] = vals.clamp_min(0.0).float().cpu().numpy()
+
+    map_batches(one_tile, m, tile, what="k-NN query rows")    # CUDA out of memory: halve the tile
     return idx, dist
 
 
@@ -99,19 +84,13 @@ ANNOY_METRICS = ("euclidean", "cosine", "correlation", "manhattan")
 
 def _annoy_prepare(X: np.ndarray, metric: str) -> tuple[np.ndarray, str]:
     """Rows and Annoy metric: cosine / correlation become Euclidean on (centred) unit rows."""
-    if metric in ("cosine", "correlation"):
-        X = X.astype(np.float32, copy=True)
-        if metric == "correlation":
-            X -= X.mean(axis=1, keepdims=True)
-        X /= np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
-        return X, "euclidean"
+    if metric in ANGULAR:
+        return euclidean_view(X, metric), "euclidean"
     return X, metric
 
 
 def _annoy_distances(dist: np.ndarray, metric: str) -> np.ndarray:
-    if metric in ("cosine", "correlation"):
-        return 0.5 * dist * dist          # chord length on the unit sphere -> 1 - cos
-    return dist
+    return cosine_from_chord(dist) if metric in ANGULAR else dist
 
 
 def annoy_trees(n: int) -> int:
@@ -158,8 +137,6 @@ def _annoy_query(index, n: int, k: int, jobs: int, vectors: np.ndarray | None = 
 
 
 def _annoy_knn(X: np.ndarray, k: int, metric: str, seed: int):
-    from .base import n_jobs
-
     Xa, am = _annoy_prepare(X, metric)
     index = _annoy_index(Xa, am, seed)
     idx, dist = _annoy_query(index, X.shape[0], k + 1, n_jobs(0))
@@ -197,7 +174,7 @@ def knn_graph(X, k: int, *, metric: str = "euclidean", device: str = "auto", see
     if k > n - 1:
         log.warning("asked for %d neighbours of %d points; using %d", k, n, n - 1)
         k = n - 1
-    dev = _torch_device(device)
+    dev = torch_device(device)
     if metric in TORCH_METRICS and (dev.type == "cuda" or n <= EXACT_CPU_MAX):
         return _torch_knn(X, k, metric, dev)
     if device == "cuda":
@@ -215,13 +192,11 @@ class NeighbourSearch:
     def __init__(self, X_ref: np.ndarray, *, metric: str = "euclidean", device: str = "auto", seed: int = 0):
         self.X_ref = check_features(X_ref)
         self.metric = metric
-        self.device = _torch_device(device)
+        self.device = torch_device(device)
         self.seed = seed
         self._index = None
 
     def query(self, X_new: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        from .base import n_jobs
-
         k = min(k, self.X_ref.shape[0])
         work = self.X_ref.shape[0] * X_new.shape[0]
         if self.metric in TORCH_METRICS and (self.device.type == "cuda" or work <= EXACT_CPU_MAX ** 2):
@@ -236,19 +211,9 @@ class NeighbourSearch:
         return idx, _annoy_distances(dist, self.metric)
 
 
-def query_knn(X_ref: np.ndarray, X_new: np.ndarray, k: int, *, metric: str = "euclidean",
-              device: str = "auto", seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """The ``k`` nearest rows of ``X_ref`` for each row of ``X_new`` (no self to exclude)."""
-    return NeighbourSearch(X_ref, metric=metric, device=device, seed=seed).query(check_features(X_new), k)
-
-
 def slice_knn(knn, k: int) -> tuple[np.ndarray, np.ndarray]:
     """The first ``k`` columns of a (larger) graph; one clear error if it is too small."""
-    idx, dist = knn
-    if idx.shape != dist.shape or idx.ndim != 2:
-        raise UsageError("knn must be (indices [n, k], distances [n, k])")
-    if idx.shape[1] < k:
-        raise UsageError(f"the precomputed neighbour graph has k={idx.shape[1]}; this run needs {k}")
+    idx, dist = check_knn(knn, k=k)
     return np.ascontiguousarray(idx[:, :k]), np.ascontiguousarray(dist[:, :k])
 
 

@@ -10,7 +10,10 @@ import warnings
 
 import numpy as np
 
-from .gpu_common import PCAParams, TSNEParams, UMAPParams, euclidean_view, pad_columns
+from ..runtime import torch_device
+from .distances import euclidean_view
+from .gpu_common import TSNEParams, UMAPParams
+from .pca import PCAReducer
 
 
 def _import_torchdr():
@@ -25,8 +28,7 @@ def _import_torchdr():
 
 
 def _device() -> str:
-    import torch
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    return torch_device("auto").type
 
 
 def _numpy(Y) -> np.ndarray:
@@ -56,13 +58,15 @@ class TorchdrTSNE(TSNEParams):
         return _numpy(model.fit_transform(euclidean_view(X, self.metric)))
 
 
-class TorchdrPCA(PCAParams):
-    def _fit(self, X, knn):
+class TorchdrPCA(PCAReducer):
+    """TorchDR's PCA finds the components; projecting onto them (fit and ``transform``) is
+    :class:`.pca.PCAReducer`'s linear map."""
+
+    def _solve(self, X, k):
         torchdr = _import_torchdr()
-        self.model_ = torchdr.PCA(n_components=min(self.n_components, X.shape[1]), device=_device(),
-                                  random_state=self.random_state)
-        Y = _numpy(self.model_.fit_transform(X))
-        return pad_columns(Y, self.n_components)
+        model = torchdr.PCA(n_components=k, device=_device(), random_state=self.random_state)
+        model.fit(X)
+        return _numpy(model.mean_).reshape(-1), _numpy(model.components_)
 
 
 ENGINE = {"umap": TorchdrUMAP, "tsne": TorchdrTSNE, "pca": TorchdrPCA}

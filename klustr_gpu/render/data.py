@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,14 +21,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..config import COLOUR_BY
 from ..errors import UsageError
+from ..runtime import as_project
 from ..store import Project
 
 log = logging.getLogger(__name__)
 
 UNLABELLED = "(unlabelled)"
 GREY = "#a0a0a0"
-BY_CHOICES = ("auto", "label", "cluster")
+BY_CHOICES = COLOUR_BY
 
 # Tableau 10: distinct, readable on white; more categories fall back to colorcet's glasbey.
 _TAB10 = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
@@ -131,9 +134,37 @@ def _cluster_names(cl: pd.Series) -> pd.Series:
     return cl.astype("object").map(lambda v: None if v is None or pd.isna(v) or str(v) == "-1" else str(v))
 
 
+def named_clusters(cats: list[str], key: dict[str, str], paths: Sequence[str], pair_cluster, pair_path,
+                   pair_count) -> tuple[list[str], dict[str, str], dict[str, str]]:
+    """Cluster categories renamed by what their files share (:func:`.names.cluster_names`).
+
+    ``cats``/``key``: the cluster ids in order and their colours (:func:`categories`);
+    ``paths``: relative paths; ``pair_*``: (cluster id, index into ``paths``, number of points)
+    for every cluster/file pair. Returns the renamed categories (same order, same colours, the
+    unlabelled one unchanged), their colour key and the ``{id: name}`` map."""
+    from .names import cluster_names
+
+    named = cluster_names(paths, pair_path, pair_cluster, weights=pair_count) if len(pair_path) else {}
+    rename = {c: named.get(c, c) for c in cats}
+    return [rename[c] for c in cats], {rename[c]: key[c] for c in cats}, rename
+
+
+def _point_pairs(cluster: pd.Categorical, path_codes: np.ndarray):
+    """(cluster id, path code, count) of every distinct pair of labelled points."""
+    codes = np.asarray(cluster.codes, dtype=np.int64)
+    grey = list(cluster.categories).index(UNLABELLED) if UNLABELLED in cluster.categories else -1
+    keep = (codes >= 0) & (codes != grey)
+    if not keep.any():
+        return np.zeros(0, dtype=object), np.zeros(0, np.int64), np.zeros(0, np.int64)
+    paths = np.asarray(path_codes, np.int64)
+    span = int(paths.max()) + 1 if len(paths) else 1
+    pairs, count = np.unique(codes[keep] * span + paths[keep], return_counts=True)   # one int per pair: fast
+    return np.asarray(cluster.categories, dtype=object)[pairs // span], pairs % span, count
+
+
 def _resolve(project, embedding: str | None, by: str | None) -> tuple[Project, str, str]:
     """The project, the checked colouring and the embedding's name (the default when None)."""
-    project = project if isinstance(project, Project) else Project(project)
+    project = as_project(project)
     project.require("manifest")
     by = by or project.load_config().render.by
     if by not in BY_CHOICES:
@@ -166,7 +197,7 @@ def load_map(project: Project | str | os.PathLike, *, embedding: str | None = No
     emb, params = project.read_embedding(name)
     missing = {"id", "x", "y"} - set(emb.columns)
     if missing:
-        raise UsageError(f"embedding {name!r} lacks columns {sorted(missing)}; rerun `klustr embed {project.path}`")
+        raise UsageError(f"embedding {name!r} lacks columns {sorted(missing)}; rerun embed({str(project.path)!r})")
     man = project.read_manifest()
     man = man[man["status"] == "ok"]
     pts = pd.DataFrame({
@@ -187,7 +218,7 @@ def load_map(project: Project | str | os.PathLike, *, embedding: str | None = No
         log.warning("render: %d points with non-finite coordinates dropped", int((~ok).sum()))
         pts, emb = pts[ok].reset_index(drop=True), emb[ok].reset_index(drop=True)
     if not len(pts):
-        raise UsageError(f"embedding {name!r} has no points of usable files; rerun `klustr embed {project.path}`")
+        raise UsageError(f"embedding {name!r} has no points of usable files; rerun embed({str(project.path)!r})")
     rows = files.loc[pts["file_id"]]
     path = pd.Categorical(rows["path"].to_numpy())
     pts["path"] = path
@@ -200,9 +231,11 @@ def load_map(project: Project | str | os.PathLike, *, embedding: str | None = No
     pts["duration"] = rows["duration"].to_numpy(np.float32)
     if by == "cluster":
         if "cluster" not in emb:
-            raise UsageError(f"embedding {name!r} has no 'cluster' column; use --by label")
+            raise UsageError(f"embedding {name!r} has no 'cluster' column; use by='label'", param="by")
         cat, key = categories(_cluster_names(emb["cluster"]))
-        pts["cluster"] = cat
+        cats, key, rename = named_clusters(list(cat.categories), key, [str(p) for p in path.categories],
+                                           *_point_pairs(cat, path.codes))
+        pts["cluster"] = cat.rename_categories(cats)
     else:
         key = lab_key
     frames = bool((pts["id"] != pts["file_id"]).any())
@@ -224,7 +257,11 @@ def _part_summary(df: pd.DataFrame, files: pd.Series, fid_col: str, by: str) -> 
     out: dict[str, Any] = {"unknown": int((~known).sum()), "nonfinite": int((known & ~finite).sum()),
                            "n": int(keep.sum()), "emb_any": False, "emb": [], "man": [], "cluster": []}
     if by == "cluster":
-        out["cluster"] = list(pd.unique(_clean_labels(_cluster_names(df["cluster"][keep].reset_index(drop=True)))))
+        values = _clean_labels(_cluster_names(df["cluster"][keep].reset_index(drop=True)))
+        out["cluster"] = list(pd.unique(values))
+        labelled = (values != UNLABELLED).to_numpy()
+        pair = pd.DataFrame({"c": values[labelled].to_numpy(), "f": pos[keep][labelled]})
+        out["pairs"] = pair.groupby(["c", "f"], sort=True).size().reset_index(name="n")   # for the names
         return out
     if "label" in df:
         lab = df["label"][keep]
@@ -236,12 +273,14 @@ def _part_summary(df: pd.DataFrame, files: pd.Series, fid_col: str, by: str) -> 
 
 
 def _part_points(df: pd.DataFrame, files: pd.Series, fid_col: str, by: str, source: str,
-                 cats: list[str]) -> pd.DataFrame:
-    """One partition's points for the picture: ``x``, ``y`` (float32) and ``by`` (categorical)."""
+                 cats: list[str], rename: dict[str, str] | None = None) -> pd.DataFrame:
+    """One partition's points for the picture: ``x``, ``y`` (float32) and ``by`` (categorical;
+    cluster ids renamed by ``rename``)."""
+    rename = rename or {}
     pos, known, finite, x, y = _part_keep(df, files, fid_col)
     keep = known & finite
     if by == "cluster":
-        values = _clean_labels(_cluster_names(df["cluster"][keep].reset_index(drop=True)))
+        values = _clean_labels(_cluster_names(df["cluster"][keep].reset_index(drop=True))).map(lambda v: rename.get(v, v))
     elif source == "emb":
         values = _clean_labels(pd.Series(np.asarray(df["label"][keep], dtype=object)))
     else:                                          # manifest labels: remap codes, no strings per point
@@ -279,9 +318,9 @@ def load_map_dask(project: Project | str | os.PathLike, *, embedding: str | None
     cols = set(pq.read_schema(path).names)
     missing = {"id", "x", "y"} - cols
     if missing:
-        raise UsageError(f"embedding {name!r} lacks columns {sorted(missing)}; rerun `klustr embed {project.path}`")
+        raise UsageError(f"embedding {name!r} lacks columns {sorted(missing)}; rerun embed({str(project.path)!r})")
     if by == "cluster" and "cluster" not in cols:
-        raise UsageError(f"embedding {name!r} has no 'cluster' column; use --by label")
+        raise UsageError(f"embedding {name!r} has no 'cluster' column; use by='label'", param="by")
     fid_col = "file_id" if "file_id" in cols else "id"
     read = ["x", "y", fid_col] + (["cluster"] if by == "cluster" else ["label"] if "label" in cols else [])
     man = project.read_manifest()
@@ -299,14 +338,20 @@ def load_map_dask(project: Project | str | os.PathLike, *, embedding: str | None
     if nonfinite:
         log.warning("render: %d points with non-finite coordinates dropped", nonfinite)
     if not sum(s["n"] for s in summaries):
-        raise UsageError(f"embedding {name!r} has no points of usable files; rerun `klustr embed {project.path}`")
+        raise UsageError(f"embedding {name!r} has no points of usable files; rerun embed({str(project.path)!r})")
     source = "emb" if any(s["emb_any"] for s in summaries) else "man"
     field_ = "cluster" if by == "cluster" else source
     seen = pd.unique(np.asarray([v for s in summaries for v in s[field_]], dtype=object))  # first appearance
     cats, key = _category_order(list(seen))
+    rename: dict[str, str] = {}
+    if by == "cluster":
+        pairs = pd.concat([s["pairs"] for s in summaries]).groupby(["c", "f"], sort=True)["n"].sum().reset_index()
+        cats, key, rename = named_clusters(cats, key, man["path"].astype(str).tolist(), pairs["c"].to_numpy(),
+                                           pairs["f"].to_numpy(), pairs["n"].to_numpy())
     meta = pd.DataFrame({"x": np.zeros(0, np.float32), "y": np.zeros(0, np.float32),
                          by: pd.Categorical([], categories=cats)})
-    pts = dd.from_delayed([dask.delayed(_part_points)(p, files_d, fid_col, by, source, cats) for p in parts],
+    pts = dd.from_delayed([dask.delayed(_part_points)(p, files_d, fid_col, by, source, cats, rename)
+                           for p in parts],
                           meta=meta, verify_meta=False).persist()
     x0, x1, y0, y1, counts = dask.compute(pts["x"].min(), pts["x"].max(), pts["y"].min(), pts["y"].max(),
                                           pts[by].value_counts())

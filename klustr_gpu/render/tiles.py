@@ -2,8 +2,9 @@
 
 ``/tile.png?x0=..&x1=..&y0=..&y1=..&w=..&h=..[&labels=a,b]`` returns a ``w``×``h`` PNG of the
 points inside ``[x0, x1] × [y0, y1]`` (only the given labels with ``labels=``), drawn by
-:func:`.static.shade` exactly as the app's zoom does (:func:`.views.rgb_element`). It is what the
-app's map shows at a given zoom, for any client (a script, a test, another viewer).
+:func:`.static.shade`, the one rendering path of every picture (the app's map draws the same
+picture with :mod:`.raster`, pixel for pixel): a given zoom for any client (a script, a test,
+another viewer).
 
 The points are the server's shared read-only :class:`~.data.MapData`; renders run in a small
 thread pool off the IOLoop (audio stays answered during a zoom flood), at most
@@ -146,7 +147,7 @@ class TileService:
             self._pending -= 1
 
     def render(self, tile: Tile) -> bytes:
-        """The PNG of ``tile``: :func:`.static.shade` as in :func:`.views.rgb_element`, then PIL."""
+        """The PNG of ``tile``: :func:`.static.shade`, then PIL."""
         from .static import shade
 
         df = self._points

@@ -1,15 +1,17 @@
 """Map-quality scores and the population grid.
 
-Public API::
+The stages are :func:`klustr_gpu.score_maps` (score every embedding -> ``scores.json``) and
+:func:`klustr_gpu.grid` (the population of maps -> ``scores.json``, ``report.md``, ``grid.png``).
+Here::
 
-    result = score(project)              # score every embedding -> PROJECT/scores.json
-    table = grid(project)                # the population of maps -> scores.json, report.md, grid.png
-    from klustr_gpu.score import metrics # pure functions on arrays (silhouette, roundness, ...)
+    from klustr_gpu.score import metrics          # pure functions on arrays (silhouette, roundness, ...)
+    table, maps = grid_arrays(X, labels)          # the grid on an array, nothing written
 """
 from __future__ import annotations
 
 from . import metrics
-from .grid import Run, grid, grid_arrays, plan, ranked_table
-from .scoring import read_scores, score
+from .grid import Run, check_grid, grid_arrays, plan, ranked_table, run_grid
+from .scoring import read_scores, score_project
 
-__all__ = ["score", "grid", "grid_arrays", "metrics", "plan", "Run", "ranked_table", "read_scores"]
+__all__ = ["metrics", "grid_arrays", "plan", "Run", "ranked_table", "read_scores", "check_grid", "run_grid",
+           "score_project"]

@@ -18,6 +18,7 @@ import logging
 import time
 import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -26,9 +27,11 @@ import pyarrow as pa
 
 from ..config import FEATURE_SETS, METHODS, Config, ReduceConfig, ScoreConfig
 from ..errors import KlustrError, UsageError
+from ..library.labels import manifest_labels
+from ..results import GridResult
 from ..store import Project
-from .scoring import (as_project, assemble, write_scores, feature_block, finish, has_labels, load_feature_matrix, manifest_labels,
-                      rank_key, score_embedding)
+from .scoring import (assemble, feature_block, finish, has_labels, load_feature_matrix, rank_key, score_embedding,
+                      write_scores)
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +108,7 @@ def plan(features: list[str], methods: list[str], sc: ScoreConfig, *, quick: boo
 def _check(names: list[str], known: tuple[str, ...], what: str) -> list[str]:
     for n in names:
         if n not in known:
-            raise UsageError(f"unknown {what} {n!r}; choose from: {', '.join(known)}")
+            raise UsageError(f"unknown {what} {n!r}; choose from: {', '.join(known)}", param=what)
     return list(dict.fromkeys(names))
 
 
@@ -115,7 +118,7 @@ def component_sets(name: str) -> list[str]:
     parts = [p.strip() for p in str(name).split("+")]
     if not all(parts):
         raise UsageError(f"feature set {name!r}: give sets joined by '+', e.g. timbre+descriptors")
-    return _check(parts, FEATURE_SETS, "feature set")
+    return _check(parts, FEATURE_SETS, "features")
 
 
 def check_sets(names: list[str]) -> list[str]:
@@ -202,7 +205,7 @@ def _prepare(table, labels, runs: list[Run], cfg: Config, engine: str) -> _Prepa
         pc = _pca_for(run.method, cfg)
         if pc not in prep.views:
             prep.views[pc] = reduce.preprocess(prep.X, standardize=cfg.reduce.standardize,
-                                               pca_components=pc, seed=cfg.seed)
+                                               pca_components=pc)
     kmax: dict[int, int] = {}
     for run in runs:
         pc = _pca_for(run.method, cfg)
@@ -268,53 +271,53 @@ def _validated(cfg: Config, engine: str, rank_by: str | None, methods: list[str]
     engine = resolve_engine(engine)            # an impossible engine fails here, before any work
     rank_by = rank_by or cfg.score.rank_by
     rank_key(rank_by, True)                    # so does an unknown ranking
-    methods = _check(list(methods) if methods else list(cfg.score.methods), METHODS, "method")
+    methods = _check(list(methods) if methods else list(cfg.score.methods), METHODS, "methods")
     return engine, rank_by, methods
 
 
-def grid(project, config: Config | None = None, *, features: list[str] | None = None,
-         methods: list[str] | None = None, rank_by: str | None = None, engine: str = "auto",
-         quick: bool = False, progress: bool = True) -> pd.DataFrame:
-    """Run the population of maps of ``project``, score and rank them.
-
-    ``features``: feature sets (default: every set computed in the project); ``methods``:
-    ``umap``, ``tsne``, ``pca`` (default ``score.methods``); parameters from ``config.score``
-    (t-SNE perplexities, UMAP n_neighbors x min_dist), or a small grid with ``quick=True``.
-    ``rank_by``: ``knn_accuracy`` (default), ``trustworthiness`` or ``final`` (the 2017 score);
-    without labels the label-free trustworthiness ranks. Writes ``embeddings/<run>.parquet``
-    per run, ``scores.json``, ``report.md``, ``grid.png``, and makes the best map the default.
-    Returns the ranked table (one row per run, every score and the seconds of each run).
-    """
-    proj = as_project(project).require("manifest")
-    cfg = config or proj.load_config()
-    sc = cfg.score
-    engine, rank_by, methods = _validated(cfg, engine, rank_by, methods)
+def check_grid(proj: Project, cfg: Config, features: list[str] | None) -> tuple[str, list[str], list[str]]:
+    """``(engine, feature sets, methods)`` of a grid, checked before any work: the engine
+    (``reduce.engine``) resolved, the methods (``score.methods``) known, the feature sets
+    (default: every set computed in the project; ``a+b`` for computed sets side by side) known
+    and computed."""
+    engine, _, methods = _validated(cfg, cfg.reduce.engine, None, None)
     sets = check_sets(list(features) if features else _computed_sets(proj))
     if not sets:
-        raise UsageError(f"{proj.path} has no features yet; run `klustr features {proj.path}` first")
-    runs = plan(sets, methods, sc, quick=quick, default=cfg.reduce)
+        raise UsageError(f"{proj.path} has no features yet; run compute_features({str(proj.path)!r}) first")
+    return engine, sets, methods
+
+
+def run_grid(proj: Project, cfg: Config, *, sets: list[str], methods: list[str], engine: str, quick: bool = False,
+             progress: bool = True) -> GridResult:
+    """Run the population of maps of ``proj``, score and rank them (see :func:`klustr_gpu.grid`).
+
+    Writes ``embeddings/<run>.parquet`` per run, ``scores.json``, ``report.md``, ``grid.png``,
+    and makes the best map the default. ``engine`` is resolved and ``sets`` / ``methods``
+    checked (:func:`check_grid`); the caller holds the project's lock. The plan holds the
+    default map's own parameters (``cfg.reduce``).
+    """
+    runs = plan(sets, methods, cfg.score, quick=quick, default=cfg.reduce)
     by_file = manifest_labels(proj)
-    labelled = has_labels(by_file.values())
     tables, loaded = {}, {}
     for fs in sets:
         for part in component_sets(fs):
             if part not in loaded:
                 loaded[part] = load_feature_matrix(proj, part)
             if loaded[part] is None:
-                raise UsageError(f"{proj.path} has no features {part!r}; run `klustr features {proj.path} --set {part}`")
+                raise UsageError(f"{proj.path} has no features {part!r}; "
+                                 f"run compute_features({str(proj.path)!r}, sets=[{part!r}])")
         tables[fs] = combined_table([loaded[p] for p in component_sets(fs)])
 
     def write(run: Run, prep: _Prepared, Z: np.ndarray, meta: dict[str, Any]) -> None:
         _write_map(proj, run, prep, Z, meta)
 
-    with proj.lock("grid"):       # the maps and every file written after them (re-entrant below)
-        return _grid_locked(proj, cfg, sets, runs, tables, by_file, labelled, write, engine=engine, quick=quick,
-                            rank_by=rank_by, methods=methods, progress=progress)
+    return _grid_locked(proj, cfg, sets, runs, tables, by_file, has_labels(by_file.values()), write, engine=engine,
+                        quick=quick, rank_by=cfg.score.rank_by, methods=methods, progress=progress)
 
 
 def _grid_locked(proj: Project, cfg: Config, sets: list[str], runs: list[Run], tables: dict, by_file: dict,
                  labelled: bool, write, *, engine: str, quick: bool, rank_by: str, methods: list[str],
-                 progress: bool) -> pd.DataFrame:
+                 progress: bool) -> GridResult:
     from tqdm.auto import tqdm
 
     from .report import write_contact_sheet, write_report
@@ -323,7 +326,7 @@ def _grid_locked(proj: Project, cfg: Config, sets: list[str], runs: list[Run], t
     rows: dict[str, Any] = {}
     feat_rows: dict[str, Any] = {}
     t_start = time.perf_counter()
-    with proj.lock("grid"), tqdm(total=len(runs), desc="grid", unit="map", disable=not progress) as bar:
+    with tqdm(total=len(runs), desc="grid", unit="map", disable=not progress) as bar:
         for fs in sets:
             table = tables[fs]
             labels = np.array([by_file.get(str(f)) for f in table.file_ids], dtype=object)
@@ -341,10 +344,12 @@ def _grid_locked(proj: Project, cfg: Config, sets: list[str], runs: list[Run], t
         proj.set_default_embedding(ok[0])
         result["default"] = ok[0]
         write_scores(proj, result)
-    write_report(proj, result, table)
-    write_contact_sheet(proj, result)
+    report = write_report(proj, result, table)
+    sheet = write_contact_sheet(proj, result)
     log.info("grid: %d maps in %.1f s; best %s", len(runs), total, ok[0] if ok else None)
-    return table
+    return GridResult(runs=len(runs), seconds=round(total, 3), default=ok[0] if ok else None,
+                      scores_path=proj.path / "scores.json", report_path=Path(report),
+                      grid_png=Path(sheet) if sheet else None, table=table)
 
 
 def grid_arrays(X: np.ndarray, labels=None, *, name: str = "features", config: Config | None = None,

@@ -31,7 +31,8 @@ import math
 from typing import Any, Sequence
 
 import numpy as np
-from pandas import NA as _NA
+from ..library.labels import is_missing
+from ..runtime import torch_device
 
 __all__ = [
     "clean_labels", "sample_indices", "standardize",
@@ -49,16 +50,6 @@ def _note(notes: list[str] | None, text: str) -> None:
         notes.append(text)
 
 
-def _missing(v: Any) -> bool:
-    """None, NaN, pandas' NA / NaT, or an empty string."""
-    if v is None or (isinstance(v, str) and v == ""):
-        return True
-    try:
-        return bool(v != v) or v is _NA
-    except (TypeError, ValueError):       # pd.NA refuses bool(); anything else array-like is a label
-        return v is _NA
-
-
 def clean_labels(labels: Sequence[Any] | None, n: int) -> tuple[np.ndarray, np.ndarray] | None:
     """``(codes [n] int64 with -1 for unlabelled, class names)``, or ``None`` without labels."""
     if labels is None:
@@ -66,7 +57,7 @@ def clean_labels(labels: Sequence[Any] | None, n: int) -> tuple[np.ndarray, np.n
     arr = np.asarray(labels, dtype=object)
     if arr.shape != (n,):
         raise ValueError(f"labels must have shape ({n},), got {arr.shape}")
-    missing = np.array([_missing(v) for v in arr], dtype=bool)
+    missing = np.array([is_missing(v) for v in arr], dtype=bool)
     if missing.all():
         return None
     names, codes = np.unique(arr[~missing].astype(str), return_inverse=True)
@@ -299,13 +290,6 @@ def kmeans_scores(X: np.ndarray, labels, *, seed: int = 0, sample: int | None = 
     return {"homogeneity": float(h), "completeness": float(c), "v_measure": float(v)}
 
 
-def _device():
-    """CUDA when torch sees a GPU, else the CPU: the O(n^2) rank counting runs there."""
-    import torch
-
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 def _rank_of(X: np.ndarray, rows: np.ndarray, targets: np.ndarray, chunk: int = 512) -> np.ndarray:
     """For each row i and target j (``targets [n, k]``): 1-based rank of j among the distances from
     i to every other point of ``X`` (Euclidean; ties in index order, as scikit-learn's argsort).
@@ -313,7 +297,7 @@ def _rank_of(X: np.ndarray, rows: np.ndarray, targets: np.ndarray, chunk: int = 
     Torch, in float64, on the GPU when there is one; O(chunk * n) memory."""
     import torch
 
-    dev = _device()
+    dev = torch_device("auto")          # the O(n^2) rank counting runs on a GPU when there is one
     T = torch.as_tensor(np.asarray(X, dtype=np.float64), device=dev)
     sq = (T * T).sum(dim=1)
     tg = torch.as_tensor(np.asarray(targets, dtype=np.int64), device=dev)

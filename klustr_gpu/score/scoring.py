@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import time
 from pathlib import Path
 from typing import Any, Iterable
@@ -11,7 +10,10 @@ from typing import Any, Iterable
 import numpy as np
 import pandas as pd
 
+from ..config import RANK_BY, Config
 from ..errors import UsageError
+from ..library.labels import clean_label, is_missing, manifest_labels
+from ..results import ScoreResult, plain
 from ..store import Project, atomic_write_text
 from . import metrics as M
 
@@ -21,35 +23,19 @@ SCORES_VERSION = 1
 MAP_KEYS = ("knn_accuracy", "trustworthiness", "knn_preservation", "silhouette", "roundness",
             "overlap_2017", "final_2017")
 FEATURE_KEYS = ("knn_accuracy_features", "kmeans_homogeneity", "kmeans_completeness", "kmeans_v_measure")
-RANK_KEYS = {"knn_accuracy": "knn_accuracy", "trustworthiness": "trustworthiness", "final": "final_2017",
-             "final_2017": "final_2017", "knn_preservation": "knn_preservation"}
+#: the score column each ranking (:data:`klustr_gpu.config.RANK_BY`) sorts by
+RANK_KEYS = {name: {"final": "final_2017"}.get(name, name) for name in RANK_BY}
 LABEL_FREE = ("trustworthiness", "knn_preservation")
 
 
-def as_project(project: Project | str | Path) -> Project:
-    return project if isinstance(project, Project) else Project(project)
-
-
-def manifest_labels(proj: Project) -> dict[str, Any]:
-    """``{file id: label}`` from the manifest (labels may be None)."""
-    df = proj.read_manifest()
-    if "label" not in df.columns:
-        return {}
-    return {str(i): (None if _missing(v) else str(v)) for i, v in zip(df["id"], df["label"])}
-
-
-def _missing(v: Any) -> bool:
-    return v is None or v == "" or (isinstance(v, float) and math.isnan(v)) or v is pd.NA
-
-
 def has_labels(labels: Iterable[Any]) -> bool:
-    return any(not _missing(v) for v in labels)
+    return any(not is_missing(v) for v in labels)
 
 
 def rank_key(rank_by: str, labelled: bool, notes: list[str] | None = None) -> str:
     """The score column to rank by; label scores fall back to trustworthiness without labels."""
     if rank_by not in RANK_KEYS:
-        raise UsageError(f"unknown ranking {rank_by!r}; choose one of: knn_accuracy, trustworthiness, final")
+        raise UsageError(f"unknown rank_by {rank_by!r}; choose one of: {', '.join(RANK_BY)}", param="rank_by")
     key = RANK_KEYS[rank_by]
     if not labelled and key not in LABEL_FREE:
         if notes is not None:
@@ -67,22 +53,9 @@ def rank_order(rows: dict[str, dict[str, Any]], key: str) -> list[str]:
     return sorted(rows, key=sortkey)
 
 
-def json_clean(obj: Any) -> Any:
-    """NaN/inf -> None and numpy scalars -> Python, recursively (strict JSON)."""
-    if isinstance(obj, dict):
-        return {str(k): json_clean(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [json_clean(v) for v in obj]
-    if isinstance(obj, np.generic):
-        obj = obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
-
-
 def write_scores(proj: Project, result: dict[str, Any]) -> Path:
     path = proj.path / "scores.json"
-    atomic_write_text(path, json.dumps(json_clean(result), indent=2, sort_keys=False, allow_nan=False) + "\n")
+    atomic_write_text(path, json.dumps(plain(result), indent=2, sort_keys=False, allow_nan=False) + "\n")
     return path
 
 
@@ -98,10 +71,10 @@ def read_scores(proj: Project) -> dict[str, Any]:
 
 def load_feature_matrix(proj: Project, name: str):
     """``features.load(proj, name)`` or ``None`` (with a log line) when the set is not computed."""
-    from .. import features
+    from ..features import load
 
     try:
-        return features.load(proj, name=name)
+        return load(proj, name=name)
     except (UsageError, FileNotFoundError, KeyError) as exc:
         log.info("feature set %s not available: %s", name, exc)
         return None
@@ -132,39 +105,28 @@ def score_embedding(df: pd.DataFrame, labels: np.ndarray, X: np.ndarray | None, 
     return {"n_points": int(len(df)), "scores": scores, "notes": notes, "seconds": time.perf_counter() - t0}
 
 
-def score(project, *, names: list[str] | None = None, sample: int = 10000, progress: bool = True,
-          k: int | None = None, rank_by: str | None = None, seed: int | None = None) -> dict[str, Any]:
-    """Score every embedding of ``project`` (or the ``names``) and write ``PROJECT/scores.json``.
+def score_project(proj: Project, cfg: Config, *, names: list[str] | None = None,
+                  progress: bool = True) -> ScoreResult:
+    """Score every embedding of ``proj`` (or the ``names``) and write ``PROJECT/scores.json``.
 
     Scores per map: 10-NN accuracy, silhouette, roundness, 2017 overlap and final (with labels),
     trustworthiness and 10-NN preservation against the map's feature set (when computed), on a
-    fixed-size ``sample`` of large maps; per feature set: 10-NN accuracy in feature space and
-    k-means homogeneity / completeness / V-measure. Undefined scores are ``null`` with a note.
-    Scores of embeddings not named are kept from an earlier ``scores.json``. ``k``, ``rank_by``
-    and ``seed`` default to the project's config (``score.k``, ``score.rank_by``, ``seed``).
-    Returns the dict.
+    fixed-size sample (``score.sample``) of large maps; per feature set: 10-NN accuracy in
+    feature space and k-means homogeneity / completeness / V-measure. Undefined scores are
+    ``null`` with a note. Scores of embeddings not named are kept from an earlier
+    ``scores.json``. ``k``, the ranking and the seed are ``score.k``, ``score.rank_by``, ``seed``.
+    The caller holds the project's lock (the :func:`klustr_gpu.score_maps` stage takes it).
     """
-    proj = as_project(project).require("manifest")
-    cfg = proj.load_config()
-    k = cfg.score.k if k is None else k
-    rank_by = cfg.score.rank_by if rank_by is None else rank_by
-    seed = cfg.seed if seed is None else seed
-    rank_key(rank_by, True)
+    sc = cfg.score
     available = proj.list_embeddings()
     if names:
         missing = [n for n in names if n not in available]
         if missing:
-            raise UsageError(f"no embedding {missing[0]!r} in {proj.path} (have: {', '.join(available) or 'none'})")
+            raise UsageError(f"no embedding {missing[0]!r} in {proj.path} (have: {', '.join(available) or 'none'})",
+                             param="names")
     todo = list(names) if names else available
     if not todo:
-        raise UsageError(f"{proj.path} has no embeddings yet; run `klustr embed {proj.path}` or `klustr grid {proj.path}`")
-    with proj.lock("score"):
-        return _score_locked(proj, names, todo, available, sample=sample, progress=progress, k=k,
-                             rank_by=rank_by, seed=seed)
-
-
-def _score_locked(proj: Project, names, todo: list[str], available: list[str], *, sample: int, progress: bool,
-                  k: int, rank_by: str, seed: int) -> dict[str, Any]:
+        raise UsageError(f"{proj.path} has no embeddings yet; run embed({str(proj.path)!r}) or grid({str(proj.path)!r})")
     from tqdm.auto import tqdm
 
     old = read_scores(proj)
@@ -187,11 +149,13 @@ def _score_locked(proj: Project, names, todo: list[str], available: list[str], *
                 if pos is not None and (pos >= 0).all():
                     X = np.asarray(table.X)[pos]
                     if fs not in feat_rows:
-                        feat_rows[fs] = feature_block(X, labels, k=k, sample=sample, seed=seed)
-        row = score_embedding(df, labels, X, k=k, sample=sample, seed=seed)
+                        feat_rows[fs] = feature_block(X, labels, k=sc.k, sample=sc.sample, seed=cfg.seed)
+        row = score_embedding(df, labels, X, k=sc.k, sample=sc.sample, seed=cfg.seed)
         row.update(features=fs, method=meta.get("method"), params=_params_of(meta))
         rows[name] = row
-    return finish(proj, rows, feat_rows, k=k, sample=sample, rank_by=rank_by, labelled=has_labels(by_file.values()))
+    result = finish(proj, rows, feat_rows, k=sc.k, sample=sc.sample, rank_by=sc.rank_by,
+                    labelled=has_labels(by_file.values()))
+    return ScoreResult.from_scores(proj.path / "scores.json", result)
 
 
 def feature_block(X: np.ndarray, labels, *, k: int, sample: int, seed: int) -> dict[str, Any]:
@@ -216,7 +180,7 @@ def assemble(rows: dict[str, Any], feat_rows: dict[str, Any], *, k: int, sample:
     }
     if extra:
         result.update(extra)
-    return json_clean(result)
+    return plain(result)
 
 
 def finish(proj: Project, rows: dict[str, Any], feat_rows: dict[str, Any], *, k: int, sample: int, rank_by: str,
@@ -231,7 +195,7 @@ def _labels_for(df: pd.DataFrame, by_file: dict[str, Any]) -> np.ndarray:
     if "file_id" in df.columns and by_file:
         return np.array([by_file.get(str(f)) for f in df["file_id"]], dtype=object)
     if "label" in df.columns:
-        return np.array([None if _missing(v) else str(v) for v in df["label"]], dtype=object)
+        return np.array([clean_label(v) for v in df["label"]], dtype=object)
     return np.full(len(df), None, dtype=object)
 
 
