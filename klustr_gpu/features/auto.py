@@ -87,12 +87,19 @@ def _sample_clips(project: Project, cfg: Config, size: int) -> np.ndarray:
     if len(ok) > size:
         ok = ok.iloc[np.sort(np.random.default_rng(cfg.seed).choice(len(ok), size=size, replace=False))]
     root = project.library_root if len(ok) else None
-    clips = []
-    for rel in ok["path"]:
+
+    def one(rel: str) -> np.ndarray | None:
         try:
-            clips.append(decode(root / rel, cfg.audio))
+            return decode(root / rel, cfg.audio)
         except SkipFile:
-            continue
+            return None
+
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ..runtime import usable_cores
+
+    with ThreadPoolExecutor(max_workers=max(1, min(4, usable_cores()))) as pool:   # the decoders release the GIL
+        clips = [c for c in pool.map(one, list(ok["path"])) if c is not None]        # in sample order
     n = int(round(cfg.audio.clip_seconds * cfg.audio.sample_rate))
     return np.stack(clips) if clips else np.zeros((0, n), np.float32)
 
