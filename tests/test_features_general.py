@@ -231,3 +231,17 @@ def test_cpu_and_cuda_agree(clips, name):
         cpu = m(x)
         gpu = m.to("cuda")(x.to("cuda")).cpu()
     assert torch.linalg.vector_norm(cpu - gpu) / torch.linalg.vector_norm(cpu) < 1e-3
+
+
+def test_general_hash_follows_its_blocks_settings():
+    """The ``general`` set's rows depend on its blocks' sections: a changed ``[timbre]`` makes a
+    ``hits`` set stale (recomputed), not a ``sustained`` one, which computes no timbre block."""
+    from klustr_gpu.features.plan import config_hash
+
+    for profile, moves in (("hits", True), ("sustained", False)):
+        cfg = Config().updated({"general.profile": profile})
+        other = cfg.updated({"timbre.n_mfcc": 13})
+        assert (config_hash(cfg, "general", False) != config_hash(other, "general", False)) is moves
+    cfg = Config().updated({"general.profile": "sustained"})
+    assert config_hash(cfg, "general", False) != config_hash(cfg.updated({"pitchfree.bins_per_octave": 12}),
+                                                            "general", False)
