@@ -355,5 +355,12 @@ def test_threads_follow_the_cores_busy_now_not_the_lagging_load_average(monkeypa
     finally:
         spin.kill()
         spin.wait()
-    time.sleep(0.2)
-    assert base.busy_elsewhere() <= max(before, 1)     # gone at once (a load average would lag)
+    # gone at once (a load average would lag for a minute); other work on a shared machine comes
+    # and goes, so a second of readings is allowed to find the moment it is back where it was
+    after = []
+    for _ in range(20):
+        time.sleep(0.05)
+        after.append(base.busy_elsewhere())
+        if after[-1] <= max(before, 1):
+            break
+    assert min(after) <= max(before, 1), (before, after)
