@@ -20,7 +20,8 @@
 #   pytest_gpu      pytest -m gpu on the test modules that hold gpu tests (CPU-vs-CUDA agreement)
 #   knn             the torch k-NN graph (k=15, exact) of KNN_N random 32-d points
 #   torchdr_umap    UMAP / t-SNE of DR_N synthetic points (20 Gaussian clusters in 80-d) with
-#   torchdr_tsne      --engine torchdr, and their 10-NN accuracy; a CUDA out-of-memory halves DR_N
+#   torchdr_tsne      --engine torchdr, and their 10-NN accuracy; fitted on as many points as the
+#                     free memory holds (dense n^2), the rest placed; a CUDA out-of-memory halves DR_N
 #   features_cuda   klustr features --device cuda on the N clips (fresh project, fresh process)
 #   features_cpu    the same with --device cpu
 #   features_agree  the two sets of arrays agree (relative error < 1e-3, the tested tolerance)

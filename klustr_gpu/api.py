@@ -261,26 +261,35 @@ def plot(project: str | Path | Project, config: Config | None = None, *, embeddi
     return map_plot(load_map(proj, embedding=embedding, by=cfg.render.by), dynamic=dynamic)
 
 
-def make_app(project: str | Path | Project, *, embedding: str | None = None):
-    """The Panel app of one project (map, hover, click-to-play, neighbours, filters, export),
-    coloured and listed as its ``[render]`` settings say, for a notebook."""
+def make_app(project: str | Path | Project, config: Config | None = None, *, embedding: str | None = None,
+             by: str | None = None, neighbours: int | None = None):
+    """The Panel app of one project (map, hover, click-to-play, similar sounds, filters, export),
+    for a notebook, coloured and listed as the ``[render]`` settings say (default: the project's
+    ``klustr.toml``). Overrides ``render.by`` and ``render.neighbours`` for this app only."""
     from .render.app import MapApp
 
-    return MapApp.from_project(as_project(project), embedding=embedding).layout
+    proj = as_project(project).require("manifest")
+    cfg = _config(proj, config, {"render.by": by, "render.neighbours": neighbours})
+    return MapApp.from_project(proj, embedding=embedding, render=cfg.render).layout
 
 
-def serve(project: str | Path | Project, *, port: int = 5006, host: str = "127.0.0.1",
-          embedding: str | None = None, show: bool = False, allow_hosts=(), audio_key: bytes | None = None) -> None:
+def serve(project: str | Path | Project, config: Config | None = None, *, port: int = 5006,
+          host: str = "127.0.0.1", embedding: str | None = None, by: str | None = None,
+          neighbours: int | None = None, show: bool = False, allow_hosts=(), audio_key: bytes | None = None) -> None:
     """Serve the zoomable map at ``http://HOST:PORT/`` with the ``/audio/<token>`` route; blocks
-    until stopped. The project is served as its ``klustr.toml`` says. ``allow_hosts``: names
-    (``NAME`` or ``NAME:PORT``) browsers may use besides the loopback ones and ``host``;
-    ``audio_key``: the secret mixed into audio URLs (default: random at each start). See
+    until stopped. The map is coloured and listed as the ``[render]`` settings say (default: the
+    project's ``klustr.toml``; ``by`` and ``neighbours`` override ``render.by`` and
+    ``render.neighbours`` for this server only). ``allow_hosts``: names (``NAME`` or
+    ``NAME:PORT``) browsers may use besides the loopback ones and ``host``; ``audio_key``: the
+    secret mixed into audio URLs (default: random at each start). See
     :func:`klustr_gpu.render.server.serve`."""
     from .render.server import serve as run
 
     if not 0 < int(port) < 65536:
         raise UsageError(f"port={port} is not a valid port (1-65535)", param="port")
-    run(as_project(project).require("manifest"), port=port, host=host, embedding=embedding, show=show,
+    proj = as_project(project).require("manifest")
+    cfg = _config(proj, config, {"render.by": by, "render.neighbours": neighbours})
+    run(proj, port=port, host=host, embedding=embedding, render=cfg.render, show=show,
         allow_hosts=allow_hosts, audio_key=audio_key)
 
 

@@ -179,6 +179,11 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
                         "--host 0.0.0.0). Requests with any other Host header, or from another site's page, "
                         "are refused")
     p.add_argument("--embedding", metavar="NAME")
+    p.add_argument("--by", choices=COLOUR_BY,
+                   help="colour by label, by the embedding's k-means cluster, or auto (default: the project's "
+                        "render.by, auto: label when the library has labels, else cluster)")
+    p.add_argument("--neighbours", type=_positive_int, metavar="N",
+                   help="similar sounds listed for a clicked sample (default: the project's render.neighbours, 10)")
     p.add_argument("--show", action="store_true", help="open a browser tab")
 
 
@@ -363,8 +368,8 @@ def run_render(args: argparse.Namespace) -> int:
 
 def run_serve(args: argparse.Namespace) -> int:
     """Serve the zoomable map with hover, click-to-play, neighbours, filters and selection export."""
-    api.serve(args.project, port=args.port, host=args.host, embedding=args.embedding, show=args.show,
-              allow_hosts=args.allow_hosts)
+    api.serve(args.project, port=args.port, host=args.host, embedding=args.embedding, by=args.by,
+              neighbours=args.neighbours, show=args.show, allow_hosts=args.allow_hosts)
     return 0
 
 

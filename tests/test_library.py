@@ -258,3 +258,17 @@ def test_written_files_get_the_usual_mode_not_mkstemps_0600(tmp_path):
     (tmp_path / "plain.txt").write_text("x")
     assert stat.S_IMODE((tmp_path / "x.txt").stat().st_mode) == stat.S_IMODE((tmp_path / "plain.txt").stat().st_mode)
     assert stat.S_IMODE((tmp_path / "x.txt").stat().st_mode) == 0o666 & ~mask
+
+
+def test_missing_label_is_one_rule_whether_asked_one_at_a_time_or_for_a_whole_column():
+    """The map's colours (vectorised) and the scores (one label at a time) agree on what
+    "no label" is: None, NaN, NA, NaT, empty or blank text; "0", 0 and padded text are labels."""
+    import pandas as pd
+
+    from klustr_gpu.library.labels import is_missing, missing_mask
+
+    values = [None, float("nan"), pd.NA, pd.NaT, np.nan, "", "   ", "\t", "kick", "0", 0, 1.5, " snare "]
+    expected = [True] * 8 + [False] * 5
+    assert [is_missing(v) for v in values] == expected
+    assert missing_mask(values).tolist() == expected
+    assert missing_mask(pd.Series(values, dtype="object")).tolist() == expected

@@ -288,6 +288,34 @@ def test_torchdr_engine_runs_on_cpu_tiny(digits_pre):
     assert knn_accuracy(Y, y[:200]) > 0.7
 
 
+def test_torchdr_dense_fits_know_what_fits_in_memory():
+    """TorchDR's dense backend needs ~6.2 n^2 x 4 B (t-SNE) and ~3.4 n^2 x 4 B (UMAP)
+    (benchmarks/torchdr_memory.py): 100,000 points do not fit on a 139 GiB H200, 50,000 do."""
+    from klustr_gpu.reduce import torchdr as tdr
+
+    h200 = 139 * 2**30
+    assert 60_000 < tdr.dense_fit_limit("tsne", h200) < 100_000
+    assert 50_000 < tdr.dense_fit_limit("umap", h200) < 100_000
+    assert tdr.dense_fit_limit("umap", h200) > tdr.dense_fit_limit("tsne", h200)
+    assert tdr.dense_fit_limit("tsne", 0) == 5
+    assert make_reducer("umap", "cpu").max_fit_points() is None   # the k-NN graph, not n^2
+
+
+@pytest.mark.skipif(not engines.installed("torchdr"), reason="TorchDR not installed")
+def test_torchdr_fits_a_sample_when_the_points_do_not_fit_and_places_the_rest(digits_pre, monkeypatch, caplog):
+    """Instead of a CUDA out-of-memory error: fit on as many points as fit, place the others."""
+    from klustr_gpu.reduce import torchdr as tdr
+
+    Xp, y, _ = digits_pre
+    room = int(150**2 * tdr.DENSE_BYTES_PER_PAIR["umap"] / tdr.MEMORY_SHARE) + 1   # 150 points
+    monkeypatch.setattr(tdr, "free_memory_bytes", lambda device: room)
+    with caplog.at_level("WARNING", logger="klustr_gpu.reduce.embed"):
+        Y = fit_embedding(Xp[:400], "umap", engine="torchdr", n_epochs=100, seed=0)
+    assert "holds at most 150 of these 400 points in memory: fitting on a sample of 150" in caplog.text
+    assert Y.shape == (400, 2) and np.isfinite(Y).all()
+    assert knn_accuracy(Y, y[:400]) > 0.7
+
+
 @pytest.mark.gpu
 def test_gpu_knn_graph_matches_cpu_and_auto_takes_a_gpu_engine(digits_pre):
     Xp, y, _ = digits_pre
@@ -327,5 +355,12 @@ def test_threads_follow_the_cores_busy_now_not_the_lagging_load_average(monkeypa
     finally:
         spin.kill()
         spin.wait()
-    time.sleep(0.2)
-    assert base.busy_elsewhere() <= max(before, 1)     # gone at once (a load average would lag)
+    # gone at once (a load average would lag for a minute); other work on a shared machine comes
+    # and goes, so a second of readings is allowed to find the moment it is back where it was
+    after = []
+    for _ in range(20):
+        time.sleep(0.05)
+        after.append(base.busy_elsewhere())
+        if after[-1] <= max(before, 1):
+            break
+    assert min(after) <= max(before, 1), (before, after)

@@ -341,6 +341,9 @@ def test_make_app_and_cluster_colouring(project):
     from klustr_gpu.render.data import load_map
 
     assert isinstance(make_app(project), pn.Row)
+    assert isinstance(make_app(project, by="cluster", neighbours=3), pn.Row)
+    with pytest.raises(UsageError, match="unknown by .colour."):
+        make_app(project, by="colour")
     out = render_map(project, by="cluster", html=False, width=400, height=300, progress=False)
     img = np.asarray(Image.open(out.png).convert("RGB")).astype(int)
     for colour in load_map(project, by="cluster").color_key.values():

@@ -1,9 +1,11 @@
 """UMAP or t-SNE of n synthetic points (20 Gaussian clusters in 80-d, standardised, PCA 32, the
 default parameters, every point fitted) on one engine, with the map's 10-NN label accuracy.
 
-On CUDA, an out-of-memory error halves the number of points and goes on (TorchDR's dense torch
-backend needs about 6 n^2 x 4 bytes for t-SNE and 3.4 n^2 x 4 for UMAP, measured on the CPU:
-t-SNE of 100,000 points would need about 230 GiB); the figures say at which sizes it ran out."""
+TorchDR's dense torch backend needs about 6.2 n^2 x 4 bytes for t-SNE and 3.4 n^2 x 4 for UMAP
+(benchmarks/torchdr_memory.py; t-SNE of 100,000 points would need about 230 GiB), so
+``fit_embedding`` fits on as many points as the free memory holds and places the rest; the
+figures say how many were fitted. Should a CUDA out-of-memory error still happen, the number of
+points is halved and the step goes on; the figures say at which sizes it ran out."""
 import importlib.util
 import logging
 import sys
@@ -16,7 +18,7 @@ if engine != "cpu" and importlib.util.find_spec(engine) is None:
     skip(f"{engine} is not installed: skipped")
 logging.basicConfig(level=logging.WARNING)
 from klustr_gpu.oom import free_cuda_memory, is_cuda_oom  # noqa: E402
-from klustr_gpu.reduce import fit_embedding, preprocess  # noqa: E402
+from klustr_gpu.reduce import fit_embedding, make_reducer, preprocess  # noqa: E402
 
 X_all, labels_all = synthetic(n)
 oom_at, Y, points = [], None, n
@@ -38,9 +40,12 @@ while Y is None:
         print(f"CUDA out of memory at {points:,} points; retrying with {points // 2:,}", flush=True)
         points //= 2
 acc = knn_accuracy(Y, labels)
-fig = {"engine": engine, "method": method, "points": points, "asked": n, "oom_at": oom_at, "seconds": round(sec, 2),
+limit = make_reducer(method, engine).max_fit_points()
+fitted = points if limit is None else min(points, limit)
+fig = {"engine": engine, "method": method, "points": points, "asked": n, "oom_at": oom_at, "fitted_on": fitted, "seconds": round(sec, 2),
        "accuracy_10nn": acc, "gpu_peak_mib_torch": gpu_peak_mib(), "params": reduce_params(method),
        "data": "synthetic: 20 Gaussian clusters in 80-d, standardised, PCA 32"}
 fig["summary"] = (f"{method} of {points:,} points with --engine {engine}: {sec:.1f} s, 10-NN accuracy {acc}"
+                  + (f" (fitted on {fitted:,}, the rest placed)" if fitted < points else "")
                   + (f" (CUDA out of memory at {', '.join(f'{p:,}' for p in oom_at)} points)" if oom_at else ""))
 save(fig)

@@ -41,6 +41,15 @@ def is_missing(label: Any) -> bool:
         return label is NA
 
 
+def missing_mask(values):
+    """:func:`is_missing` of every item of ``values`` (a pandas Series or anything list-like),
+    vectorised: a boolean array (a million map points in milliseconds, not a Python call each)."""
+    import pandas as pd
+
+    s = pd.Series(values, dtype="object") if not isinstance(values, pd.Series) else values.astype("object")
+    return (s.isna() | (s.astype(str).str.strip() == "")).to_numpy(dtype=bool)
+
+
 def clean_label(label: Any) -> str | None:
     """``label`` as text, or None when it is missing (:func:`is_missing`)."""
     return None if is_missing(label) else str(label)

@@ -88,6 +88,11 @@ class Reducer:
             raise UsageError(f"transform got {X.shape[1]} columns; the model was fitted on {self.n_features_in_}")
         return X
 
+    def max_fit_points(self) -> int | None:
+        """The most points one ``fit`` can hold in this machine's memory now, or ``None`` when
+        the engine has no such limit (it scales with the k-NN graph, not with n^2)."""
+        return None
+
     def _fit(self, X: np.ndarray, knn) -> np.ndarray:  # pragma: no cover - abstract
         raise NotImplementedError
 

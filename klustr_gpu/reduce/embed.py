@@ -79,8 +79,9 @@ def fit_embedding(X, method: str, *, engine: str = "auto", knn=None, seed: int =
     ``params``: the arguments of ``method``'s estimator on that engine (``n_neighbors``,
     ``min_dist``, ``metric``, ``n_epochs`` for UMAP; ``perplexity``, ``n_iter``, ``metric`` for
     t-SNE; see :func:`method_params`); one it does not take is a :class:`UsageError` naming it.
-    Above ``sample_threshold`` points, fit on ``sample_size`` of them and place the rest with
-    ``transform``, in batches of ``transform_batch`` (a progress bar if ``progress``; with
+    Above ``sample_threshold`` points, or above what the reducer can fit in memory
+    (:meth:`.base.Reducer.max_fit_points`: TorchDR's dense fits), fit on ``sample_size`` of them
+    (or that many) and place the rest with ``transform``, in batches of ``transform_batch`` (a progress bar if ``progress``; with
     ``client``, a ``distributed.Client``, the batches are placed on its workers).
     """
     X = check_features(X, allow_no_columns=True)
@@ -92,6 +93,11 @@ def fit_embedding(X, method: str, *, engine: str = "auto", knn=None, seed: int =
         check_knn(knn, n=n)
     if method != "pca" and sample_threshold and n > sample_threshold and n > sample_size:
         return _sample_fit(reducer, X, sample_size, seed, transform_batch, progress, client)
+    limit = reducer.max_fit_points() if method != "pca" else None
+    if limit is not None and n > limit:
+        log.warning("%s on the %s engine holds at most %d of these %d points in memory: fitting on a "
+                    "sample of %d and placing the rest", method, resolved, limit, n, min(limit, sample_size))
+        return _sample_fit(reducer, X, min(limit, sample_size), seed, transform_batch, progress, client)
     if method == "pca" or resolved != "cpu":
         knn = None
     return reducer.fit(X, knn=knn).embedding_

@@ -156,8 +156,10 @@ class MapApp:
 
     @classmethod
     def from_project(cls, project: Project, *, embedding: str | None = None,
-                     export_root: Path | None = None) -> "MapApp":
-        cfg = project.load_config().render
+                     export_root: Path | None = None, render=None) -> "MapApp":
+        """The app of ``project``'s map as ``render`` (a ``RenderConfig``; default: the
+        project's ``[render]`` settings) says."""
+        cfg = render if render is not None else project.load_config().render
         data = load_map(project, embedding=embedding, by=cfg.by)
         return cls(data, AudioIndex.from_project(project), project=project, neighbours=cfg.neighbours,
                    export_root=export_root)

@@ -23,6 +23,7 @@ import pandas as pd
 
 from ..config import COLOUR_BY
 from ..errors import UsageError
+from ..library.labels import missing_mask
 from ..runtime import as_project
 from ..store import Project
 
@@ -99,8 +100,13 @@ def data_bounds(x: np.ndarray, y: np.ndarray, *, aspect: float | None = None, pa
 
 def _clean_labels(values: pd.Series) -> pd.Series:
     s = values.astype("object")
-    bad = s.isna() | (s.astype(str).str.strip() == "")
-    return s.where(~bad, UNLABELLED).astype(str)
+    return s.where(~missing_mask(s), UNLABELLED).astype(str)
+
+
+def _check_columns(name: str, columns, project: Project) -> None:
+    missing = {"id", "x", "y"} - set(columns)
+    if missing:
+        raise UsageError(f"embedding {name!r} lacks columns {sorted(missing)}; rerun embed({str(project.path)!r})")
 
 
 def _natural(u: str) -> tuple:
@@ -195,9 +201,7 @@ def load_map(project: Project | str | os.PathLike, *, embedding: str | None = No
     """Join the embedding with the manifest (ok files only) and assign colours by ``by``."""
     project, by, name = _resolve(project, embedding, by)
     emb, params = project.read_embedding(name)
-    missing = {"id", "x", "y"} - set(emb.columns)
-    if missing:
-        raise UsageError(f"embedding {name!r} lacks columns {sorted(missing)}; rerun embed({str(project.path)!r})")
+    _check_columns(name, emb.columns, project)
     man = project.read_manifest()
     man = man[man["status"] == "ok"]
     pts = pd.DataFrame({
@@ -316,9 +320,7 @@ def load_map_dask(project: Project | str | os.PathLike, *, embedding: str | None
         project.read_embedding(name)                 # the usual "no embedding" error
     path = path.resolve()
     cols = set(pq.read_schema(path).names)
-    missing = {"id", "x", "y"} - cols
-    if missing:
-        raise UsageError(f"embedding {name!r} lacks columns {sorted(missing)}; rerun embed({str(project.path)!r})")
+    _check_columns(name, cols, project)
     if by == "cluster" and "cluster" not in cols:
         raise UsageError(f"embedding {name!r} has no 'cluster' column; use by='label'", param="by")
     fid_col = "file_id" if "file_id" in cols else "id"

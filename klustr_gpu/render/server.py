@@ -51,16 +51,17 @@ def host_policy(host: str, port: int, allow_hosts: Iterable[str] = ()) -> HostPo
 
 
 def serve(project: Project, *, port: int = 5006, host: str = "127.0.0.1", embedding: str | None = None,
-          show: bool = False, allow_hosts: Iterable[str] = (), audio_key: bytes | None = None) -> None:
+          render=None, show: bool = False, allow_hosts: Iterable[str] = (), audio_key: bytes | None = None) -> None:
     """Serve the app (plus ``/audio/<token>`` and ``/tile.png``); one :class:`MapApp` per session
     over shared data. Blocks.
 
     ``allow_hosts``: names (``NAME`` or ``NAME:PORT``) the browser may use to reach the server
     besides ``localhost``, ``127.0.0.1`` and ``::1`` (and the address given as ``host``).
-    ``audio_key``: the secret mixed into audio URLs (default: random at each start)."""
+    ``audio_key``: the secret mixed into audio URLs (default: random at each start).
+    ``render``: the ``RenderConfig`` to follow (default: the project's ``[render]`` settings)."""
     _, pn = pn_modules()
     policy = host_policy(host, port, allow_hosts)
-    cfg = project.load_config().render
+    cfg = render if render is not None else project.load_config().render
     data = load_map(project, embedding=embedding, by=cfg.by)
     index = AudioIndex.from_project(project, key=use_audio_key(audio_key))
     if host in ALL_INTERFACES:
