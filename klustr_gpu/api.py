@@ -60,7 +60,9 @@ def scan(library: str | Path, project: str | Path | Project, config: Config | No
          labels: str | Path | None = None, label_from: str | None = None, label_regex: bool = False,
          progress: bool = True) -> ScanResult:
     """Walk ``library`` and write ``PROJECT/manifest.parquet``: one row per audio file (id, path,
-    size, mtime, content hash, rate, channels, duration, label, status and skip reason).
+    size, mtime, rate, channels, duration, label, status and skip reason). Only headers are
+    read, in worker processes (``scan.workers``); a rescan reads only the files whose size or
+    modification time changed and keeps every other row.
 
     ``labels``: a CSV of ``path,label`` (paths relative to the library); ``label_from="parent"``:
     the folder name; ``label_regex``: the 2017 keyword rule. Broken files become rows with
@@ -71,14 +73,16 @@ def scan(library: str | Path, project: str | Path | Project, config: Config | No
     root, labeller = _library(library, labels, label_from, label_regex)
     proj = as_project(project).ensure()
     cfg = _config(proj, config, {})
+    t0 = time.perf_counter()
     with proj.lock("scan"):               # refused before klustr.toml is touched when another run holds it
         proj.write_config(cfg)
-        df = scan_library(root.resolve(), proj, cfg, labeller, progress=progress)
+        df, stats = scan_library(root.resolve(), proj, cfg, labeller, progress=progress)
     skipped = df[df.status != "ok"]
     return ScanResult(project=proj.path, manifest_path=proj.manifest_path, files=len(df), ok=len(df) - len(skipped),
                       skipped=len(skipped), labelled=int(df.label.notna().sum()),
                       skipped_by_reason={str(k): int(v) for k, v in skipped.reason.value_counts().items()},
-                      manifest=df)
+                      headers_read=stats.headers_read, rows_kept=stats.rows_kept, workers=stats.workers,
+                      unlisted_folders=stats.unlisted, seconds=round(time.perf_counter() - t0, 3), manifest=df)
 
 
 def _library(library, labels, label_from, label_regex):

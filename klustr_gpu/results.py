@@ -62,11 +62,22 @@ class ScanResult(Result):
     skipped: int
     labelled: int
     skipped_by_reason: dict[str, int]
+    headers_read: int = 0               # new or changed files whose header was read
+    rows_kept: int = 0                  # unchanged files whose row was kept from the previous scan
+    workers: int = 0                    # worker processes that read headers (0: read in this process)
+    unlisted_folders: dict[str, str] = field(default_factory=dict)   # folder -> why it could not be listed
+    seconds: float = 0.0
     manifest: Any = field(default=None, repr=False, metadata=TABLE)      # the manifest (a DataFrame)
 
     def summary(self) -> str:
-        return "\n".join([f"manifest: {self.manifest_path}  ({self.files} files, {self.ok} ok, {self.skipped} skipped, "
-                          f"{self.labelled} labelled)", *_skip_lines(self.skipped_by_reason)])
+        how = f"{self.workers} worker processes" if self.workers else "in this process"
+        lines = [f"manifest: {self.manifest_path}  ({self.files} files, {self.ok} ok, {self.skipped} skipped, "
+                 f"{self.labelled} labelled)",
+                 f"  read {self.headers_read} headers ({how}), kept {self.rows_kept} unchanged rows, "
+                 f"in {self.seconds:.1f} s", *_skip_lines(self.skipped_by_reason)]
+        lines += [f"  could not list {folder}/: {why} (its files are not in the manifest)"
+                  for folder, why in self.unlisted_folders.items()]
+        return "\n".join(lines)
 
 
 @dataclass

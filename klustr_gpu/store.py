@@ -27,6 +27,7 @@ import threading
 from pathlib import Path
 from typing import Any, Iterator
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -35,7 +36,7 @@ from .config import Config
 from .errors import StoreError, UsageError
 
 MANIFEST_COLUMNS = [
-    "id", "path", "size", "mtime", "hash", "format", "sample_rate", "channels", "frames",
+    "id", "path", "size", "mtime", "mtime_ns", "format", "sample_rate", "channels", "frames",
     "duration", "label", "status", "reason",
 ]
 META_KEY = b"klustr"
@@ -133,6 +134,13 @@ def read_parquet_metadata(path: str | Path) -> dict[str, Any]:
     return json.loads(raw) if raw else {}
 
 
+def upgrade_manifest(df: pd.DataFrame) -> pd.DataFrame:
+    """A manifest of an older layout with this one's columns (``mtime_ns = -1`` when unknown)."""
+    if "mtime_ns" not in df.columns:
+        df = df.assign(mtime_ns=np.full(len(df), -1, np.int64))
+    return df
+
+
 class Project:
     """A project folder. Cheap to construct; nothing is created until written."""
 
@@ -211,8 +219,11 @@ class Project:
 
     # -- manifest ------------------------------------------------------------------------
     def read_manifest(self) -> pd.DataFrame:
+        """The manifest. One written before file identities had nanoseconds (it has a ``hash``
+        column and no ``mtime_ns``) reads with ``mtime_ns = -1``, "unknown": the next scan
+        reads every header again and the next features run recomputes every set once."""
         self.require("manifest")
-        return pd.read_parquet(self.manifest_path)
+        return upgrade_manifest(pd.read_parquet(self.manifest_path))
 
     def manifest_metadata(self) -> dict[str, Any]:
         self.require("manifest")

@@ -28,7 +28,7 @@ from ..runtime import torch_threads
 from ..store import Project
 from .compute import compute_stream, decode_and_compute
 from .decode import TASK_WINDOWS, decode_task, ordered, pack
-from .plan import Layout, SetPlan, plan_run, units_to_decode
+from .plan import Layout, SetPlan, known_hashes, plan_run, units_to_decode
 from .write import write_shard
 
 log = logging.getLogger(__name__)
@@ -61,7 +61,8 @@ def run_in_process(project: Project, cfg: Config, device, *, progress: bool = Tr
     # On the CPU the workers compute the features too (every core does decode + features; the
     # main process only writes); on CUDA they decode and the main process feeds the GPU.
     in_workers = workers > 0 and device.type == "cpu" and bool(todo)
-    items, shard_of = layout.items(np.flatnonzero(need)), layout.shard_of()
+    units = np.flatnonzero(need)
+    items, shard_of = layout.items(units, known_hashes(layout, units, [p.source for p in todo])), layout.shard_of()
     if in_workers:
         tasks = pack(items, shard_of, min(TASK_WINDOWS_COMPUTE, fc.batch_size))
         args = (cfg.audio, layout.frame_args, json.dumps(cfg.to_dict()), tuple(p.name for p in todo))

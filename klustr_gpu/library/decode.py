@@ -57,6 +57,35 @@ def _require_regular(path: Path) -> None:
         raise SkipFile("not a regular file")
 
 
+class FileChanged(SkipFile):
+    """The file is not the one the scan saw (another size or modification time)."""
+
+
+def open_checked(path: Path, expect: tuple[int, int] | None = None) -> int:
+    """A read-only descriptor of ``path``, which must be a regular file now and, with ``expect``
+    = (size, mtime in ns; -1: unknown), still the file the scan saw. Non-blocking open, then
+    ``fstat`` of the descriptor: a FIFO named like audio cannot hang it, a file swapped for a
+    folder or a FIFO between a check and the open is caught, and nothing is read to find out."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        raise SkipFile("file vanished") from None
+    except PermissionError:
+        raise SkipFile("permission denied") from None
+    except OSError as exc:
+        raise SkipFile(f"cannot read: {exc.strerror or exc}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise SkipFile("not a regular file")
+        if expect is not None and (st.st_size != expect[0] or (expect[1] >= 0 and st.st_mtime_ns != expect[1])):
+            raise FileChanged("changed since the scan (size or modification time); rescan to map it")
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def read_info(path: str | Path):
     """Header read only: ``soundfile.info``; raises SkipFile with a reason."""
     path = Path(path)
@@ -120,19 +149,21 @@ def decode(
     seconds: float | None = None,
     pad: bool = True,
     strict: bool = True,
+    expect: tuple[int, int] | None = None,
 ) -> np.ndarray:
     """Decode ``seconds`` (default: the clip length) of ``path`` from ``offset``.
 
     Returns float32 ``[shape=(round(seconds * audio.sample_rate),)]`` when ``pad`` (zero-padded
     or trimmed), else up to that many samples. ``strict=False`` (frame mode) returns silent or
-    short windows as they are instead of raising SkipFile.
+    short windows as they are instead of raising SkipFile. ``expect``: the (size, mtime in ns)
+    the scan recorded; a file that no longer has them raises :class:`FileChanged`.
     """
     path = Path(path)
     seconds = audio.clip_seconds if seconds is None else seconds
     n_out = int(round(seconds * audio.sample_rate))
-    _require_regular(path)
+    fd = open_checked(path, expect)
     try:
-        with sf.SoundFile(str(path)) as fh:
+        with sf.SoundFile(fd, closefd=False) as fh:
             sr = fh.samplerate
             info_like = type("I", (), {"channels": fh.channels, "samplerate": sr, "frames": fh.frames})
             check_header(info_like, audio)
@@ -148,6 +179,8 @@ def decode(
         raise
     except (RuntimeError, sf.LibsndfileError, OSError, ValueError, TypeError) as exc:
         raise SkipFile(_open_error_reason(exc, path)) from None
+    finally:
+        os.close(fd)
     if data.shape[0] == 0:
         raise SkipFile("truncated: no audio data after the header")
     if not np.isfinite(data).all():
