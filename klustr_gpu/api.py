@@ -314,12 +314,13 @@ def map(library: str | Path, project: str | Path | Project, config: Config | Non
     resolve_engine(cfg.reduce.engine)
     check_cluster(cfg.features.cluster)
     times: dict[str, float] = {}
+    t_start = time.perf_counter()
     with proj.lock("map"):                   # one lock over every stage (re-entrant in this thread)
         t = time.perf_counter()
-        scan(library, proj, cfg, labels=labels, label_from=label_from, label_regex=label_regex, progress=progress)
+        sc = scan(library, proj, cfg, labels=labels, label_from=label_from, label_regex=label_regex, progress=progress)
         times["scan"] = time.perf_counter() - t
         t = time.perf_counter()
-        compute_features(proj, cfg, progress=progress)
+        fe = compute_features(proj, cfg, progress=progress)
         times["features"] = time.perf_counter() - t
         t = time.perf_counter()
         emb = embed(proj, cfg, cluster=cfg.features.cluster or None, progress=progress)
@@ -330,10 +331,32 @@ def map(library: str | Path, project: str | Path | Project, config: Config | Non
         times["render"] = time.perf_counter() - t
     man = proj.read_manifest()
     skipped = man[man.status != "ok"]
+    times["other"] = max(0.0, time.perf_counter() - t_start - sum(times.values()))
     return MapResult(project=proj.path, files=len(man), ok=len(man) - len(skipped), skipped=len(skipped),
                      skipped_by_reason={str(k): int(v) for k, v in skipped.reason.value_counts().items()},
                      labelled=int(man.label.notna().sum()), points=emb.n_points,
-                     seconds={k: round(v, 2) for k, v in times.items()}, map_png=out.png, map_html=out.html)
+                     seconds={k: round(v, 2) for k, v in times.items()}, map_png=out.png, map_html=out.html,
+                     stages=_stage_lines(sc, fe, emb, out, times))
+
+
+def _stage_lines(sc: ScanResult, fe: FeaturesResult, emb: EmbedResult, out: RenderResult,
+                 times: dict[str, float]) -> dict[str, str]:
+    """One line per stage of ``map``: what it did, how, how fast."""
+    from .results import rate
+
+    how = f"{sc.workers} processes" if sc.workers else "this process"
+    computed = max((s.computed for s in fe.sets.values()), default=0)
+    reused = max((s.reused for s in fe.sets.values()), default=0)
+    unit = "windows" if fe.frames else "clips"
+    return {
+        "scan": f"{sc.files:,} files: {sc.headers_read:,} headers read ({how}), {sc.rows_kept:,} unchanged "
+                f"({rate(sc.files, times['scan'], 'files')})",
+        "features": f"{computed:,} {unit} computed, {reused:,} reused, on {fe.device}, decoded in {fe.where()} "
+                    f"({rate(fe.decoded, times['features'], unit if fe.frames else 'files')})",
+        "embed": f"{emb.method} of {emb.n_points:,} points on {emb.engine}",
+        "render": f"map.png{' + map.html' if out.html else ''}, {out.n_points:,} points",
+        "other": "loading libraries, checks, reading the manifest back",
+    }
 
 
 def demo_corpus(directory: str | Path, *, n: int = 2000, seed: int = 0, workers: int | None = None,

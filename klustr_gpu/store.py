@@ -315,6 +315,7 @@ class Project:
             raise StoreError(f"{self.path} is in use by {holder}; wait for it to finish (the lock clears when it exits)") from None
         with _HELD_GUARD:
             _HELD[key] = 1
+            _LOCK_FDS.add(fh.fileno())
         try:
             try:                      # who holds it: a courtesy for the refusal message only (unbuffered,
                 os.ftruncate(fh.fileno(), 0)          # so a full disk cannot fail it later, at close)
@@ -325,6 +326,7 @@ class Project:
         finally:
             with _HELD_GUARD:
                 _HELD.pop(key, None)
+                _LOCK_FDS.discard(fh.fileno())
             with contextlib.suppress(OSError):
                 fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
             with contextlib.suppress(OSError):
@@ -334,3 +336,27 @@ class Project:
 #: project locks held here: (pid, thread, resolved folder) -> depth
 _HELD: dict[tuple[int, int, str], int] = {}
 _HELD_GUARD = threading.Lock()
+#: descriptors of the lock files held here
+_LOCK_FDS: set[int] = set()
+
+
+def _drop_inherited_locks() -> None:
+    """In a forked child (a scan or decode worker): let go of the parent's project locks. An
+    ``flock`` belongs to the open file, which a fork shares: a worker still holding it would
+    keep the project locked after its parent was killed. The descriptor is pointed at
+    /dev/null, not unlocked (that would unlock the parent) nor closed (its file object closes
+    it again at exit)."""
+    global _HELD_GUARD
+    _HELD_GUARD = threading.Lock()                # a fork may copy it held by another thread
+    _HELD.clear()
+    if _LOCK_FDS:
+        null = os.open(os.devnull, os.O_RDONLY)
+        for fd in _LOCK_FDS:
+            with contextlib.suppress(OSError):
+                os.dup2(null, fd)
+        os.close(null)
+        _LOCK_FDS.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_drop_inherited_locks)

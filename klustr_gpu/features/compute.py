@@ -23,7 +23,7 @@ from .decode import Decoded, Item, decode_task
 
 #: On the CPU a batch is computed in chunks of this many windows: the intermediate spectra of
 #: a chunk stay in cache (batches of 256 clips run 2-3x slower per clip than chunks of 32).
-CPU_CHUNK = 32
+CPU_CHUNK = 16
 
 
 @dataclass(slots=True)

@@ -22,6 +22,7 @@ import dataclasses
 import logging
 import multiprocessing as mp
 import os
+import warnings
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -201,7 +202,10 @@ def init_worker() -> None:
     import torch
 
     torch.set_num_threads(1)
-    torch.set_num_interop_threads(1)
+    try:
+        torch.set_num_interop_threads(1)
+    except RuntimeError:        # a forked worker of a process whose inter-op pool is already running
+        pass
     parent = mp.parent_process()
     if parent is not None:      # a SIGKILLed parent never tells its pool: leave with it
         threading.Thread(target=_exit_with, args=(parent.sentinel,), daemon=True).start()
@@ -218,40 +222,29 @@ def _ready() -> bool:
     return True
 
 
-#: What the fork server imports once, so that every worker it forks starts with torch, the
-#: feature modules and the decoder already loaded (a spawned worker spends seconds on them).
-PRELOAD = ("klustr_gpu.features.compute", "klustr_gpu.features.transforms", "klustr_gpu.library.decode", "torch")
-
-
 def pool_context():
-    """The start method of decode workers: a fork server where the platform has one (started
-    once per process, it imports :data:`PRELOAD` once; each worker is then a fork of it, ready in
-    milliseconds, with no thread of ours in it), else spawn."""
-    if "forkserver" not in mp.get_all_start_methods():
-        return mp.get_context("spawn")
-    ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload(list(PRELOAD))          # read when the server starts, ignored after
-    return ctx
+    """The start method of decode workers: fork where the platform has it safely (Linux): a
+    worker starts in milliseconds with torch, the feature modules and the decoder already
+    imported, where a spawned one spends seconds importing them, and it does not re-import the
+    caller's ``__main__`` (a script without a main guard works). What a worker runs is safe
+    after a fork: it sets torch to one thread before any operation (PyTorch's DataLoader
+    workers do the same) and uses no lock another thread of this process may hold. Elsewhere
+    (macOS, Windows): spawn."""
+    import sys
 
-
-def prestart() -> None:
-    """Start the fork server now, so that it imports torch while this process does other work
-    (``klustr map`` calls it before the scan). Cheap when it is already running."""
-    ctx = pool_context()
-    if ctx.get_start_method() == "forkserver":
-        from multiprocessing import forkserver
-
-        forkserver.ensure_running()
+    if sys.platform.startswith("linux") and "fork" in mp.get_all_start_methods():
+        return mp.get_context("fork")
+    return mp.get_context("spawn")
 
 
 def ordered(tasks: Iterable[list[Item]], run: Callable[..., list], args: tuple, workers: int) -> Iterator[Any]:
     """``run(task, *args)`` for every task, results flattened in task order, from ``workers``
     processes, a bounded number of tasks ahead (``workers=0``: here, one task after another).
 
-    Workers are forks of a server that imported torch once (:func:`pool_context`); until the
-    first one is up (the server's first start takes seconds) the calling process runs the tasks
-    itself, in order. Afterwards, while the oldest task is not back yet, it runs the next
-    unsubmitted one instead of waiting.
+    Workers are forks of this process (:func:`pool_context`; spawned ones where fork is not
+    safe, which take seconds to start): until the first one is up the calling process runs
+    the tasks itself, in order. Afterwards, while the oldest task is not back yet, it runs the
+    next unsubmitted one instead of waiting.
     """
     if workers <= 0:
         for t in tasks:
@@ -264,7 +257,9 @@ def ordered(tasks: Iterable[list[Item]], run: Callable[..., list], args: tuple, 
         pending: deque = deque()       # Futures, or result lists run here
         stolen = 0
         exhausted = False
-        warm = [pool.submit(_ready) for _ in range(workers)]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)     # 3.12+: fork of a threaded process
+            warm = [pool.submit(_ready) for _ in range(workers)]
         try:
             while not any(f.done() for f in warm):
                 t = next(tasks, None)

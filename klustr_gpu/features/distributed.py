@@ -179,7 +179,8 @@ def run_on_cluster(project: Project, cfg: Config, device, client, *, progress: b
         _submit_and_commit(project, cfg, layout, work, need, client, progress)
     for p in todo:
         p.store.finish(p.gen)
-    return summarize(plans, layout, device, time.perf_counter() - t_start)
+    return summarize(plans, layout, device, time.perf_counter() - t_start, decoded=int(layout.unit_n[need].sum()),
+                     workers=-1)
 
 
 def _spec(p: SetPlan) -> SetSpec:
