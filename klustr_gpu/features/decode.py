@@ -2,11 +2,11 @@
 
 An :class:`Item` is one unit of work: a clip (one file), or in frame mode a block of at most
 ``batch_size`` consecutive windows of one file. :func:`decode_task` decodes a list of items
-(``klustr_gpu.library.decode``: soundfile + torchaudio resampling), each within
+(``klustr_gpu.library.decode``: soundfile + libsoxr resampling), each within
 ``DECODE_TIMEOUT_S``; a file that cannot be used becomes a :class:`Decoded` with its skip
-reason. :func:`ordered` runs any such task function over a pool of spawned worker processes
-(one torch thread each), a bounded number of tasks ahead, and hands the results back in task
-order; while the pool starts, or when its workers fall behind, the calling process runs the
+reason. :func:`ordered` runs any such task function over a pool of worker processes (forks
+of this process where that is safe, :func:`pool_context`; one torch thread each), a bounded
+number of tasks ahead, and hands the results back in task order; while the pool starts, or when its workers fall behind, the calling process runs the
 next tasks itself. Everything a worker runs is a module-level function of picklable arguments.
 
 Frame mode: each ok file of duration ``d`` gives ``max(1, ceil((d - window / 2) / hop))``

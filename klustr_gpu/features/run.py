@@ -1,6 +1,6 @@
 """The in-process features run: plan, decode in worker processes, compute in batches, write.
 
-Decoding runs in a pool of spawned worker processes (:func:`.decode.ordered`), a bounded
+Decoding runs in a pool of worker processes (:func:`.decode.ordered`), a bounded
 number of tasks ahead of this process, in manifest order. On CUDA this process stacks the
 decoded clips into ``(batch, time)`` tensors and runs every requested feature module on the
 GPU (:func:`.compute.compute_stream`), overlapped with the workers' decoding. On the CPU each
