@@ -257,6 +257,10 @@ def test_a_project_scanned_before_identities_upgrades_by_a_rescan(tmp_path):
     (store / "ledger.json").write_text(json.dumps(led))
     assert (proj.read_manifest()["mtime_ns"] == -1).all()
     np.testing.assert_array_equal(load(proj, "mfcc").X, X)          # old manifest + old store: readable
+    from klustr_gpu.doctor import check
+
+    said = [f.line() for f in check(proj) if f.level == "warn"]
+    assert any("older klustr" in line and "klustr scan" in line for line in said), said
     r = scan(lib, proj, progress=False)
     assert r.headers_read == len(man)
     s = compute_features(proj, progress=False)
