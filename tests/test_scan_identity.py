@@ -181,7 +181,15 @@ def test_a_listing_that_fails_part_way_keeps_what_it_read(tmp_path, monkeypatch)
     assert len([p for p in r.manifest.path if p.startswith("b/")]) == 2 and (r.manifest.status == "ok").all()
 
 
-def test_skips_that_may_pass_are_tried_again_at_an_unchanged_rescan(tmp_path, monkeypatch):
+@pytest.mark.parametrize("where", ["main process", "worker processes"])
+def test_skips_that_may_pass_are_tried_again_at_an_unchanged_rescan(tmp_path, monkeypatch, where):
+    """A permission error on one file in the middle of its folder: that file skipped, the rest
+    read; at the next rescan (the file unchanged) it is tried again."""
+    import klustr_gpu.library.scan as S
+
+    if where == "worker processes":
+        monkeypatch.setattr(S, "IN_PROCESS_BELOW", 0)
+        monkeypatch.setattr(S, "CHUNK", 1)
     lib = _library(tmp_path / "lib", n=4)
     real = os.open
 
@@ -197,9 +205,13 @@ def test_skips_that_may_pass_are_tried_again_at_an_unchanged_rescan(tmp_path, mo
     assert r.skipped == 0 and r.headers_read == 1
 
 
-def test_a_hanging_header_read_is_skipped(tmp_path, monkeypatch):
+@pytest.mark.parametrize("where", ["main process", "worker processes"])
+def test_a_hanging_header_read_is_skipped(tmp_path, monkeypatch, where):
     import klustr_gpu.library.headers as H
     import klustr_gpu.library.scan as S
+
+    if where == "worker processes":                  # one task of 4 paths: one worker, one hang
+        monkeypatch.setattr(S, "IN_PROCESS_BELOW", 0)
 
     lib = _library(tmp_path / "lib", n=4)
     real = H.parse
@@ -217,6 +229,7 @@ def test_a_hanging_header_read_is_skipped(tmp_path, monkeypatch):
     r = scan(lib, tmp_path / "p", progress=False)
     assert time.monotonic() - t0 < 20
     assert r.skipped_by_reason == {"header read timed out after 1 s": 1} and r.ok == 3
+    assert r.workers == (0 if where == "main process" else 1) or (os.cpu_count() or 1) == 1
 
 
 def test_worker_processes_give_the_same_manifest(tmp_path, monkeypatch):
@@ -280,3 +293,60 @@ def test_a_library_written_again_is_decoded_but_not_recomputed(tmp_path):
     assert r.headers_read == 8
     s = compute_features(proj, progress=False)
     assert s.sets["mfcc"].computed == 0 and s.sets["mfcc"].reused == 8      # decoded, hashed, copied
+
+
+@pytest.mark.parametrize("where", ["main process", "forked workers"])
+def test_bad_files_after_the_scan_are_found_with_one_open_each(tmp_path, monkeypatch, where):
+    """Between scan and features: one file vanishes, one becomes a folder, one a FIFO, one is
+    rewritten with other audio, one cannot be opened any more (permission denied, in the middle
+    of its folder). Each is skipped with its reason; every file of the library is opened exactly
+    once by the features stage (the skips are found from that one open and its ``fstat``); the
+    others get features. The same whether the main process or forked workers decode."""
+    import soundfile
+
+    import klustr_gpu.features.run as R
+
+    lib = _library(tmp_path / "lib", n=12)
+    proj = Project(tmp_path / "p")
+    scan(lib, proj, progress=False)
+    (lib / "a/s01.wav").unlink()
+    (lib / "a/s03.wav").unlink()
+    (lib / "a/s03.wav").mkdir()
+    (lib / "a/s05.wav").unlink()
+    os.mkfifo(lib / "a/s05.wav")
+    sf.write(lib / "a/s07.wav", tone(44100, 0.8, 900), 44100)
+    locked = str(lib / "b/s04.wav")
+    log = str(tmp_path / "opens.log")                # appended to by this process and its forks
+    real_open, real_sf = os.open, soundfile.SoundFile
+
+    def note(path) -> None:
+        fd = real_open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+        os.write(fd, f"{path}\n".encode())
+        os.close(fd)
+
+    def counted_open(path, flags, *a, **k):
+        if str(path).startswith(str(lib)):
+            note(path)
+            if str(path) == locked:
+                raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, flags, *a, **k)
+
+    def counted_sf(file, *a, **k):
+        if isinstance(file, (str, os.PathLike)) and str(file).startswith(str(lib)):
+            note(file)
+        return real_sf(file, *a, **k)
+    monkeypatch.setattr(os, "open", counted_open)
+    monkeypatch.setattr(soundfile, "SoundFile", counted_sf)
+    if where == "forked workers":
+        monkeypatch.setattr(R, "IN_PROCESS_BELOW", 0)
+    s = compute_features(proj, CFG, progress=False)
+    assert s.workers == (0 if where == "main process" else R.resolve_workers(0)) or (os.cpu_count() or 1) == 1
+    opened = Path(log).read_text().splitlines()
+    assert sorted(opened) == sorted(str(lib / p) for p in proj.read_manifest().path)     # each once
+    man = proj.read_manifest().set_index("path")
+    expect = {"a/s01.wav": "file vanished", "a/s03.wav": "not a regular file", "a/s05.wav": "not a regular file",
+              "a/s07.wav": "changed since the scan", "b/s04.wav": "permission denied"}
+    for rel, reason in expect.items():
+        assert man.loc[rel, "status"] == "skipped" and man.loc[rel, "reason"].startswith(reason), (rel, man.loc[rel])
+    assert (man.drop(index=list(expect)).status == "ok").all()
+    assert s.sets["mfcc"].computed == 12 - len(expect) and len(load(proj, "mfcc")) == 12 - len(expect)

@@ -160,7 +160,7 @@ def read_headers(paths: list[str], workers: int, *, progress: bool = True) -> li
     task, or here when there are few (or ``workers <= 1``)."""
     bar = tqdm(total=len(paths), desc="scan: headers", unit=" files", disable=not progress or not paths, leave=False)
     try:
-        if workers <= 1 or len(paths) < IN_PROCESS_BELOW:
+        if not processes_for(len(paths), workers):
             out = []
             for p in paths:
                 out.append(probe(p, HEADER_TIMEOUT_S))
@@ -169,6 +169,13 @@ def read_headers(paths: list[str], workers: int, *, progress: bool = True) -> li
         return _in_workers(paths, workers, bar)
     finally:
         bar.close()
+
+
+def processes_for(n_paths: int, workers: int) -> int:
+    """Worker processes :func:`read_headers` uses for ``n_paths`` headers (0: reads them here)."""
+    if workers <= 1 or n_paths < IN_PROCESS_BELOW:
+        return 0
+    return min(workers, -(-n_paths // CHUNK))
 
 
 def _context():
@@ -185,7 +192,7 @@ def _in_workers(paths: list[str], workers: int, bar) -> list[Probe]:
 
     chunks = [paths[i:i + CHUNK] for i in range(0, len(paths), CHUNK)]
     results: list[list[Probe] | None] = [None] * len(chunks)
-    with warnings.catch_warnings(), ProcessPoolExecutor(max_workers=min(workers, len(chunks)),
+    with warnings.catch_warnings(), ProcessPoolExecutor(max_workers=processes_for(len(paths), workers),
                                                         mp_context=_context()) as pool:
         warnings.simplefilter("ignore", DeprecationWarning)       # 3.12+: fork of a threaded process
         todo = iter(range(len(chunks)))
@@ -253,7 +260,7 @@ def scan_library(root: Path, proj: Project, cfg: Config, labeller: Callable[[str
     proj.write_manifest(df, {"library": str(root), "labels": mode, "config_preset": cfg.preset, "audio": audio_hash})
     log.info("scan: %d files, %d ok, %d skipped; %d headers read, %d rows kept from the previous scan", len(df),
              int((df.status == "ok").sum()), int((df.status != "ok").sum()), len(fresh), int(reuse.sum()))
-    return df, ScanStats(headers_read=len(fresh), rows_kept=int(reuse.sum()), workers=n_workers if len(fresh) >= IN_PROCESS_BELOW else 0,
+    return df, ScanStats(headers_read=len(fresh), rows_kept=int(reuse.sum()), workers=processes_for(len(fresh), n_workers),
                          unlisted=dict(w.unlisted))
 
 
