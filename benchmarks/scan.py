@@ -2,7 +2,7 @@
 ``stat``s) against the scan it replaced (libsndfile headers and a hash of every byte, 4
 threads), in one run, on the same corpus with a warm page cache.
 
-    .venv/bin/python benchmarks/scan.py [--n 100000] [--peer-limit 20000]
+    .venv/bin/python benchmarks/scan.py [--n 100000] [--peer-limit 20000] [--quick]
 
 (a) ``hash every byte``: the previous scan, reproduced here: per file ``soundfile.info`` and
     blake2b of the whole file (files under 16 MiB), in a pool of 4 threads; on the first
@@ -69,7 +69,10 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=100_000, help="files in the demo corpus (default 100,000)")
     ap.add_argument("--peer-limit", type=int, default=20_000, help="files the slow peer scans (default 20,000)")
+    ap.add_argument("--quick", action="store_true", help="the 2,000-file corpus")
     args = ap.parse_args(argv)
+    if args.quick:
+        args.n = 2000
 
     import pandas as pd
 
