@@ -41,17 +41,22 @@ def _open_error_reason(exc: Exception, path: Path) -> str:
     return f"cannot decode: {msg.split(': ', 1)[-1][:120]}"
 
 
+def _skip(exc: OSError) -> SkipFile:
+    """The skip of a file whose ``stat`` or ``open`` failed with ``exc``."""
+    if isinstance(exc, FileNotFoundError):
+        return SkipFile("file vanished")
+    if isinstance(exc, PermissionError):
+        return SkipFile("permission denied")
+    return SkipFile(f"cannot read: {exc.strerror or exc}")
+
+
 def _require_regular(path: Path) -> None:
     """SkipFile unless ``path`` is a regular file now: opening a FIFO (or a device) named like
     audio would block forever, and a folder put in a file's place cannot be read."""
     try:
         st = path.stat()
-    except FileNotFoundError:
-        raise SkipFile("file vanished") from None
-    except PermissionError:
-        raise SkipFile("permission denied") from None
     except OSError as exc:
-        raise SkipFile(f"cannot read: {exc.strerror or exc}") from None
+        raise _skip(exc) from None
     if not stat.S_ISREG(st.st_mode):
         raise SkipFile("not a regular file")
 
@@ -67,12 +72,8 @@ def open_checked(path: Path, expect: tuple[int, int] | None = None) -> int:
     folder or a FIFO between a check and the open is caught, and nothing is read to find out."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-    except FileNotFoundError:
-        raise SkipFile("file vanished") from None
-    except PermissionError:
-        raise SkipFile("permission denied") from None
     except OSError as exc:
-        raise SkipFile(f"cannot read: {exc.strerror or exc}") from None
+        raise _skip(exc) from None
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
