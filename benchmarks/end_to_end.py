@@ -55,6 +55,13 @@ def knn_accuracy(Y, labels, k=10) -> float:
     return float(acc(Y, labels, k=k))
 
 
+def stage_lines(stdout: str) -> list[str]:
+    """The per-stage lines of ``klustr map``'s summary (from ``time:`` to the map's path)."""
+    lines = stdout.splitlines()
+    start = next((i for i, line in enumerate(lines) if line.startswith("time:")), len(lines))
+    return [line.rstrip() for line in lines[start:] if not line.startswith(("map:", "page:"))]
+
+
 def peak_child_mb() -> float:
     return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
 
@@ -75,7 +82,7 @@ def main(argv=None) -> int:
         demo_corpus(lib, n=n, seed=0, progress=False)
     labels = pd.read_csv(lib / "labels.csv")
     work = Path(tempfile.mkdtemp(prefix="klustr-e2e-"))
-    results: dict = {"n": n}
+    results: dict = {"n": n, "load_avg_start": os.getloadavg()}
     try:
         # (a) 2017-style
         t = time.perf_counter()
@@ -101,11 +108,12 @@ def main(argv=None) -> int:
 
             emb, meta = Project(proj).read_embedding()
             lab = emb["label"].to_numpy()
-            results[f"klustr_{run}"] = {"wall": wall, "stdout": r.stdout.strip().splitlines()[-3:],
+            results[f"klustr_{run}"] = {"wall": wall, "stages": stage_lines(r.stdout),
                                         "knn_accuracy": knn_accuracy(emb[["x", "y"]].to_numpy(), lab)}
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
+    results["load_avg_end"] = os.getloadavg()
     OUT.mkdir(exist_ok=True)
     (OUT / "end_to_end.json").write_text(json.dumps(results, indent=2))
     lg, cold, warm = results["legacy_2017"], results["klustr_cold"], results["klustr_warm"]
@@ -116,7 +124,8 @@ def main(argv=None) -> int:
           f"{lg['tsne']:.1f} s | {lg['wall']:.1f} s | {lg['knn_accuracy']:.3f} | 1.0× |")
     for name, r in (("`klustr map`, first run (cold numba cache)", cold), ("`klustr map`, warm numba cache", warm)):
         print(f"| {name} | | | | {r['wall']:.1f} s | {r['knn_accuracy']:.3f} | {lg['wall'] / r['wall']:.1f}× |")
-    print(f"\nklustr's own summary (warm run): `{' / '.join(warm['stdout'])}`")
+    print("\n`klustr map`'s own account of its time (warm run):\n\n```\n" + "\n".join(warm["stages"]) + "\n```")
+    print(f"\nLoad average at start / end: {results['load_avg_start'][0]:.1f} / {results['load_avg_end'][0]:.1f}")
     return 0
 
 

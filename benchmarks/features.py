@@ -74,12 +74,14 @@ def way_2017(paths: list[Path], cfg: Config) -> int:
 
 def decode_only(project: Project, cfg: Config) -> int:
     """(c): the extract pipeline's decoding (same worker pool, same tasks), no features."""
+    import torch
+
     from klustr_gpu.features import decode as D, run as R
     from klustr_gpu.features.plan import Layout
 
     layout = Layout.from_manifest(project, project.read_manifest(), cfg, False)
     need = np.flatnonzero(layout.ok[layout.unit_pos])
-    workers = 0 if len(need) < R.IN_PROCESS_BELOW else R.resolve_workers(cfg.features.workers)   # as the stage does
+    workers = 0 if len(need) < R.pool_threshold(torch.device("cpu")) else R.resolve_workers(cfg.features.workers)
     n = 0
     with R.main_threads(workers):
         tasks = D.pack(layout.items(need), None, R.TASK_WINDOWS_COMPUTE)

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-ORDER = ["features", "reduce", "render", "zoom", "quality", "end_to_end", "default_cost", "scaling"]
+ORDER = ["scan", "features", "reduce", "render", "zoom", "quality", "end_to_end", "default_cost", "scaling"]
 
 
 def machine() -> str:

@@ -60,7 +60,9 @@ def scan(library: str | Path, project: str | Path | Project, config: Config | No
          labels: str | Path | None = None, label_from: str | None = None, label_regex: bool = False,
          progress: bool = True) -> ScanResult:
     """Walk ``library`` and write ``PROJECT/manifest.parquet``: one row per audio file (id, path,
-    size, mtime, content hash, rate, channels, duration, label, status and skip reason).
+    size, mtime, rate, channels, duration, label, status and skip reason). Only headers are
+    read, in worker processes (``scan.workers``); a rescan reads only the files whose size or
+    modification time changed and keeps every other row.
 
     ``labels``: a CSV of ``path,label`` (paths relative to the library); ``label_from="parent"``:
     the folder name; ``label_regex``: the 2017 keyword rule. Broken files become rows with
@@ -71,13 +73,16 @@ def scan(library: str | Path, project: str | Path | Project, config: Config | No
     root, labeller = _library(library, labels, label_from, label_regex)
     proj = as_project(project).ensure()
     cfg = _config(proj, config, {})
+    t0 = time.perf_counter()
     with proj.lock("scan"):               # refused before klustr.toml is touched when another run holds it
         proj.write_config(cfg)
-        df = scan_library(root.resolve(), proj, cfg, labeller, progress=progress)
+        df, stats = scan_library(root.resolve(), proj, cfg, labeller, progress=progress)
     skipped = df[df.status != "ok"]
     return ScanResult(project=proj.path, manifest_path=proj.manifest_path, files=len(df), ok=len(df) - len(skipped),
                       skipped=len(skipped), labelled=int(df.label.notna().sum()),
-                      skipped_by_reason=_by_kind(skipped.reason), manifest=df)
+                      skipped_by_reason=_by_kind(skipped.reason),
+                      headers_read=stats.headers_read, rows_kept=stats.rows_kept, workers=stats.workers,
+                      unlisted_folders=stats.unlisted, seconds=round(time.perf_counter() - t0, 3), manifest=df)
 
 
 def _library(library, labels, label_from, label_regex):
@@ -321,12 +326,13 @@ def map(library: str | Path, project: str | Path | Project, config: Config | Non
     resolve_engine(cfg.reduce.engine)
     check_cluster(cfg.features.cluster)
     times: dict[str, float] = {}
+    t_start = time.perf_counter()
     with proj.lock("map"):                   # one lock over every stage (re-entrant in this thread)
         t = time.perf_counter()
-        scan(library, proj, cfg, labels=labels, label_from=label_from, label_regex=label_regex, progress=progress)
+        sc = scan(library, proj, cfg, labels=labels, label_from=label_from, label_regex=label_regex, progress=progress)
         times["scan"] = time.perf_counter() - t
         t = time.perf_counter()
-        compute_features(proj, cfg, progress=progress)
+        fe = compute_features(proj, cfg, progress=progress)
         times["features"] = time.perf_counter() - t
         cfg = proj.load_config()             # with what the features stage decided (features.auto)
         t = time.perf_counter()
@@ -338,20 +344,42 @@ def map(library: str | Path, project: str | Path | Project, config: Config | Non
         times["render"] = time.perf_counter() - t
     man = proj.read_manifest()
     skipped = man[man.status != "ok"]
+    times["other"] = max(0.0, time.perf_counter() - t_start - sum(times.values()))
     return MapResult(project=proj.path, files=len(man), ok=len(man) - len(skipped), skipped=len(skipped),
-                     skipped_by_reason=_by_kind(skipped.reason), labelled=int(man.label.notna().sum()),
-                     points=emb.n_points, seconds={k: round(v, 2) for k, v in times.items()}, map_png=out.png,
-                     map_html=out.html, decisions=dict(cfg.decisions))
+                     skipped_by_reason=_by_kind(skipped.reason),
+                     labelled=int(man.label.notna().sum()), points=emb.n_points,
+                     seconds={k: round(v, 2) for k, v in times.items()}, map_png=out.png, map_html=out.html,
+                     stages=_stage_lines(sc, fe, emb, out, times), decisions=dict(cfg.decisions))
 
 
 def _by_kind(reasons) -> dict[str, int]:
-    """Skip reasons counted by kind (``library.decode.reason_kind``: "too short (N frames ...)"
-    once, not once per N), most frequent first."""
+    """Skip reasons counted by kind (``library.decode.reason_kind``: "truncated: header declares
+    N bytes ..." once, not once per N), most frequent first."""
     from collections import Counter
 
     from .library.decode import reason_kind
 
     return dict(Counter(reason_kind(r) for r in reasons).most_common())
+
+
+def _stage_lines(sc: ScanResult, fe: FeaturesResult, emb: EmbedResult, out: RenderResult,
+                 times: dict[str, float]) -> dict[str, str]:
+    """One line per stage of ``map``: what it did, how, how fast."""
+    from .results import rate
+
+    how = f"{sc.workers} processes" if sc.workers else "this process"
+    computed = max((s.computed for s in fe.sets.values()), default=0)
+    reused = max((s.reused for s in fe.sets.values()), default=0)
+    unit = "windows" if fe.frames else "clips"
+    return {
+        "scan": f"{sc.files:,} files: {sc.headers_read:,} headers read ({how}), {sc.rows_kept:,} unchanged "
+                f"({rate(sc.files, times['scan'], 'files')})",
+        "features": f"{computed:,} {unit} computed, {reused:,} reused, on {fe.device}, decoded in {fe.where()} "
+                    f"({rate(fe.decoded, times['features'], unit if fe.frames else 'files')})",
+        "embed": f"{emb.method} of {emb.n_points:,} points on {emb.engine}",
+        "render": f"map.png{' + map.html' if out.html else ''}, {out.n_points:,} points",
+        "other": "loading libraries, checks, reading the manifest back",
+    }
 
 
 def demo_corpus(directory: str | Path, *, n: int = 2000, seed: int = 0, workers: int | None = None,

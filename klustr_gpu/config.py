@@ -68,7 +68,8 @@ class AudioConfig:
 class ScanConfig:
     extensions: list[str] = field(default_factory=lambda: list(AUDIO_EXTENSIONS))
     follow_symlinks: bool = True
-    hash_full_below: int = 16 * 1024 * 1024  # files larger than this get a sampled hash
+    workers: int = 0                 # header-reading processes; 0 = one per core (up to 8)
+    hash_full_below: int = 16 * 1024 * 1024  # unused: the scan reads no audio bytes (kept so older klustr.toml load)
 
 
 @dataclass

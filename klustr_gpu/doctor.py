@@ -130,15 +130,20 @@ def _check_library(proj: Project, ok, root: Path, n: int) -> list[Finding]:
         return [Finding("error", f"the library folder {root} is gone",
                         f"mount or restore it, or rescan its new location: `klustr scan NEWPATH -o {p}`")]
     missing, changed = [], []
-    for rel, size, mtime in zip(ok.path, ok["size"], ok.mtime):
+    for rel, size, mtime, mtime_ns in zip(ok.path, ok["size"], ok.mtime, ok.mtime_ns):
         try:
             st = (root / rel).stat()
         except OSError:
             missing.append(rel)
             continue
-        if st.st_size != size or abs(st.st_mtime - mtime) > 1e-3:
+        same_time = st.st_mtime_ns == mtime_ns if mtime_ns >= 0 else abs(st.st_mtime - mtime) <= 1e-3
+        if st.st_size != size or not same_time:
             changed.append(rel)
     out = []
+    if len(ok) and (ok.mtime_ns < 0).all():
+        out.append(Finding("warn", "the manifest was written by an older klustr (file identities without nanoseconds)",
+                           f"rescan: `klustr scan {root} -o {p}`; the next `klustr features {p}` then recomputes "
+                           "each feature set once"))
     if missing:
         out.append(Finding("error", f"{_files(len(missing))} listed in the manifest {'is' if len(missing) == 1 else 'are'} "
                            f"missing: {_listed(missing, n)}",

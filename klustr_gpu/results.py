@@ -62,11 +62,22 @@ class ScanResult(Result):
     skipped: int
     labelled: int
     skipped_by_reason: dict[str, int]
+    headers_read: int = 0               # new or changed files whose header was read
+    rows_kept: int = 0                  # unchanged files whose row was kept from the previous scan
+    workers: int = 0                    # worker processes that read headers (0: read in this process)
+    unlisted_folders: dict[str, str] = field(default_factory=dict)   # folder -> why it could not be listed
+    seconds: float = 0.0
     manifest: Any = field(default=None, repr=False, metadata=TABLE)      # the manifest (a DataFrame)
 
     def summary(self) -> str:
-        return "\n".join([f"manifest: {self.manifest_path}  ({self.files} files, {self.ok} ok, {self.skipped} skipped, "
-                          f"{self.labelled} labelled)", *_skip_lines(self.skipped_by_reason)])
+        how = f"{self.workers} worker processes" if self.workers else "in this process"
+        lines = [f"manifest: {self.manifest_path}  ({self.files} files, {self.ok} ok, {self.skipped} skipped, "
+                 f"{self.labelled} labelled)",
+                 f"  read {self.headers_read} headers ({how}), kept {self.rows_kept} unchanged rows, "
+                 f"in {self.seconds:.1f} s", *_skip_lines(self.skipped_by_reason)]
+        lines += [f"  could not list {folder}/: {why} (its files are not in the manifest)"
+                  for folder, why in self.unlisted_folders.items()]
+        return "\n".join(lines)
 
 
 @dataclass
@@ -89,10 +100,18 @@ class FeaturesResult(Result):
     device: str
     frames: bool
     seconds: float
+    decoded: int = 0                    # files (frame mode: windows) decoded in this run
+    workers: int = 0                    # decoding processes (0: decoded in this process; -1: a Dask cluster)
+
+    def where(self) -> str:
+        """How the work ran, in words ("2 worker processes", "this process", "a Dask cluster")."""
+        if self.workers < 0:
+            return "a Dask cluster"
+        return f"{self.workers} worker processes" if self.workers else "this process"
 
     def summary(self) -> str:
         mode = " (frame mode)" if self.frames else ""
-        lines = [f"features on {self.device}{mode} in {self.seconds:.1f} s"]
+        lines = [f"features on {self.device}{mode} in {self.seconds:.1f} s ({self.decoded} decoded in {self.where()})"]
         for name, s in self.sets.items():
             lines.append(f"  {name:<8} {s.n_rows} rows x {s.dim}  (computed {s.computed}, reused {s.reused})")
         if self.skipped:
@@ -175,7 +194,9 @@ class RenderResult(Result):
 
 @dataclass
 class MapResult(Result):
-    """``map``: every stage; files ok / skipped (by reason), seconds per stage, the outputs."""
+    """``map``: every stage; files ok / skipped (by reason), seconds per stage (``other``: what
+    no stage accounts for: loading libraries, checks, reading the manifest back), what each
+    stage did (``stages``: one line each), the outputs."""
 
     project: Path
     files: int
@@ -187,6 +208,7 @@ class MapResult(Result):
     seconds: dict[str, float]
     map_png: Path | None
     map_html: Path | None
+    stages: dict[str, str] = field(default_factory=dict)
     decisions: dict[str, str] = field(default_factory=dict)     # what automatic rules decided, and why
 
     def summary(self) -> str:
@@ -194,9 +216,17 @@ class MapResult(Result):
                  f"points: {self.points}", *_skip_lines(self.skipped_by_reason),
                  *(f"{what}: {why}" for what, why in self.decisions.items())]
         total = sum(self.seconds.values())
-        lines.append("time: " + "  ".join(f"{k} {v:.1f}s" for k, v in self.seconds.items()) + f"  (total {total:.1f}s)")
+        lines.append(f"time: {total:.1f} s")
+        for stage, s in self.seconds.items():
+            share = f"{100 * s / total:3.0f} %" if total > 0 else ""
+            lines.append(f"  {stage:<9}{s:7.1f} s {share}  {self.stages.get(stage, '')}".rstrip())
         if self.map_png:
             lines.append(f"map: {self.map_png}")
         if self.map_html:
             lines.append(f"page: {self.map_html}  (open in a browser; `klustr serve {self.project}` for the zoomable app)")
         return "\n".join(lines)
+
+
+def rate(n: int, seconds: float, unit: str) -> str:
+    """``"1,234 files/s"``, or "" when there is no rate to give."""
+    return f"{n / seconds:,.0f} {unit}/s" if n and seconds > 0 else ""

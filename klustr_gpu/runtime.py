@@ -97,6 +97,17 @@ def n_jobs(value: int) -> int:
     return max(1, min(cores, cores - busy_elsewhere()))
 
 
+def worker_processes(value: int, cap: int = 8) -> int:
+    """Worker processes for work that scales by processes (the scan's header reads, the
+    features' decoding): ``value`` if positive, else one per core this process may use, up to
+    ``cap``. Unlike :func:`n_jobs` it does not subtract cores busy elsewhere: a worker process
+    waiting for a core costs nothing (it never spins), and on a disk that answers slowly more
+    workers keep more reads in flight."""
+    if value and value > 0:
+        return int(value)
+    return max(1, min(usable_cores(), cap))
+
+
 @contextlib.contextmanager
 def torch_threads(n: int) -> Iterator[None]:
     """torch's intra-op threads set to ``n`` for the block, then restored."""

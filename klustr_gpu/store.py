@@ -27,6 +27,7 @@ import threading
 from pathlib import Path
 from typing import Any, Iterator
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -35,7 +36,7 @@ from .config import Config
 from .errors import StoreError, UsageError
 
 MANIFEST_COLUMNS = [
-    "id", "path", "size", "mtime", "hash", "format", "sample_rate", "channels", "frames",
+    "id", "path", "size", "mtime", "mtime_ns", "format", "sample_rate", "channels", "frames",
     "duration", "label", "status", "reason",
 ]
 META_KEY = b"klustr"
@@ -133,6 +134,13 @@ def read_parquet_metadata(path: str | Path) -> dict[str, Any]:
     return json.loads(raw) if raw else {}
 
 
+def upgrade_manifest(df: pd.DataFrame) -> pd.DataFrame:
+    """A manifest of an older layout with this one's columns (``mtime_ns = -1`` when unknown)."""
+    if "mtime_ns" not in df.columns:
+        df = df.assign(mtime_ns=np.full(len(df), -1, np.int64))
+    return df
+
+
 class Project:
     """A project folder. Cheap to construct; nothing is created until written."""
 
@@ -211,8 +219,11 @@ class Project:
 
     # -- manifest ------------------------------------------------------------------------
     def read_manifest(self) -> pd.DataFrame:
+        """The manifest. One written before file identities had nanoseconds (it has a ``hash``
+        column and no ``mtime_ns``) reads with ``mtime_ns = -1``, "unknown": the next scan
+        reads every header again and the next features run recomputes every set once."""
         self.require("manifest")
-        return pd.read_parquet(self.manifest_path)
+        return upgrade_manifest(pd.read_parquet(self.manifest_path))
 
     def manifest_metadata(self) -> dict[str, Any]:
         self.require("manifest")
@@ -304,6 +315,7 @@ class Project:
             raise StoreError(f"{self.path} is in use by {holder}; wait for it to finish (the lock clears when it exits)") from None
         with _HELD_GUARD:
             _HELD[key] = 1
+            _LOCK_FDS.add(fh.fileno())
         try:
             try:                      # who holds it: a courtesy for the refusal message only (unbuffered,
                 os.ftruncate(fh.fileno(), 0)          # so a full disk cannot fail it later, at close)
@@ -314,6 +326,7 @@ class Project:
         finally:
             with _HELD_GUARD:
                 _HELD.pop(key, None)
+                _LOCK_FDS.discard(fh.fileno())
             with contextlib.suppress(OSError):
                 fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
             with contextlib.suppress(OSError):
@@ -323,3 +336,27 @@ class Project:
 #: project locks held here: (pid, thread, resolved folder) -> depth
 _HELD: dict[tuple[int, int, str], int] = {}
 _HELD_GUARD = threading.Lock()
+#: descriptors of the lock files held here
+_LOCK_FDS: set[int] = set()
+
+
+def _drop_inherited_locks() -> None:
+    """In a forked child (a scan or decode worker): let go of the parent's project locks. An
+    ``flock`` belongs to the open file, which a fork shares: a worker still holding it would
+    keep the project locked after its parent was killed. The descriptor is pointed at
+    /dev/null, not unlocked (that would unlock the parent) nor closed (its file object closes
+    it again at exit)."""
+    global _HELD_GUARD
+    _HELD_GUARD = threading.Lock()                # a fork may copy it held by another thread
+    _HELD.clear()
+    if _LOCK_FDS:
+        null = os.open(os.devnull, os.O_RDONLY)
+        for fd in _LOCK_FDS:
+            with contextlib.suppress(OSError):
+                os.dup2(null, fd)
+        os.close(null)
+        _LOCK_FDS.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_drop_inherited_locks)

@@ -27,8 +27,17 @@ def test_map_command_on_demo_corpus(demo_library, tmp_path):
     assert r.returncode == 0, r.stderr
     assert "files: 210  ok: 210  skipped: 0" in r.stdout
     assert f"map: {proj / 'map.png'}" in r.stdout
-    for stage in ("scan", "features", "embed", "render"):
-        assert f"{stage} " in r.stdout
+    # where the time went: a total, then one line per stage with its seconds, share and what it did
+    lines = r.stdout.splitlines()
+    at = next(i for i, line in enumerate(lines) if line.startswith("time: "))
+    total = float(lines[at].split()[1])
+    stages = {line.split()[0]: line for line in lines[at + 1:at + 6]}
+    assert list(stages) == ["scan", "features", "embed", "render", "other"]
+    assert abs(sum(float(line.split()[1]) for line in stages.values()) - total) < 0.1
+    assert "210 files: 210 headers read" in stages["scan"] and "files/s" in stages["scan"]
+    assert "210 clips computed, 0 reused, on cpu" in stages["features"]
+    assert f"{Config().reduce.method} of 210 points" in stages["embed"] and "210 points" in stages["render"]
+    assert any(line.startswith("general: ") and "sampled clips" in line for line in lines)   # the rule's decision
     img = np.asarray(Image.open(proj / "map.png").convert("RGB"))
     assert img.shape[0] > 300 and img.shape[1] > 300
     assert len(np.unique(img.reshape(-1, 3), axis=0)) > 7          # seven class colours + background + legend

@@ -149,11 +149,15 @@ def decode(path, *a, **kw):             # one file whose decode never returns (a
 D.decode = decode
 cfg = Config().updated({"features.sets": ["mfcc"], "features.device": "cpu"})
 importlib.import_module("klustr_gpu.features.decode").DECODE_TIMEOUT_S = 5
-compute_features(Project(sys.argv[1]), cfg, progress=False)
+if sys.argv[2] == "workers":            # forked decode workers even for 12 files
+    importlib.import_module("klustr_gpu.features.run").IN_PROCESS_BELOW = 0
+r = compute_features(Project(sys.argv[1]), cfg, progress=False)
+print("workers", r.workers)
 """
 
 
-def test_a_hanging_decode_is_skipped_not_waited_for(tmp_path):
+@pytest.mark.parametrize("where", ["main", "workers"])
+def test_a_hanging_decode_is_skipped_not_waited_for(tmp_path, where):
     lib = tmp_path / "lib"
     _small_library(lib)
     proj = Project(tmp_path / "proj")
@@ -161,11 +165,12 @@ def test_a_hanging_decode_is_skipped_not_waited_for(tmp_path):
     script = tmp_path / "hang.py"
     script.write_text(HANG_SCRIPT)
     try:
-        r = subprocess.run([sys.executable, str(script), str(proj.path)], cwd=REPO, capture_output=True,
+        r = subprocess.run([sys.executable, str(script), str(proj.path), where], cwd=REPO, capture_output=True,
                            text=True, timeout=20)
     except subprocess.TimeoutExpired:
         pytest.fail("extract waited for a hanging decode for 20 s")
     assert r.returncode == 0, r.stderr[-2000:]
+    assert ("workers 0" in r.stdout) == (where == "main"), r.stdout
     man = proj.read_manifest().set_index("path")
     assert man.loc["s05.wav", "status"] == "skipped" and "time" in man.loc["s05.wav", "reason"]
 

@@ -116,6 +116,30 @@ def test_a_killed_holder_leaves_no_stale_lock(small, tmp_path):
     assert len(df) == 24
 
 
+FORK_HOLD = ("import os, sys, time\nfrom klustr_gpu.store import Project\nwith Project(sys.argv[1]).lock('features'):\n"
+             "    pid = os.fork()\n    if pid == 0:\n        time.sleep(300)\n        os._exit(0)\n"
+             "    print(pid, flush=True)\n    time.sleep(300)\n")
+
+
+def test_a_forked_worker_of_a_killed_holder_does_not_keep_the_lock(tmp_path):
+    """Scan and decode workers are forks of the process holding the lock; an ``flock`` belongs
+    to the open file the fork shares. The holder is killed while its worker lives on: the
+    project can be locked at once."""
+    proj = Project(tmp_path / "p").ensure()
+    holder = subprocess.Popen([sys.executable, "-c", FORK_HOLD, str(proj.path)], stdout=subprocess.PIPE, text=True,
+                              cwd=REPO, env=ENV)
+    child = int(holder.stdout.readline())
+    try:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(timeout=30)
+        os.kill(child, 0)                                  # the worker is still alive
+        with proj.lock("test"):
+            pass
+    finally:
+        os.kill(child, signal.SIGKILL)
+        holder.stdout.close()
+
+
 def test_lock_is_reentrant_in_a_thread_exclusive_across_threads(tmp_path):
     proj = Project(tmp_path / "p")
     errors: list[BaseException] = []

@@ -47,6 +47,18 @@ class FeatureTable:
         return len(self.ids)
 
 
+def _aligned(files, df) -> bool:
+    """Whether a generation's files table describes the manifest ``df``: the same ids, each with
+    the same identity (size, mtime in ns), or, for a store and a manifest both written before
+    identities, the same content hash."""
+    if len(files) != len(df) or not (files["id"].to_numpy() == df["id"].astype(str).to_numpy()).all():
+        return False
+    if "size" in files.columns:
+        return bool((files["size"].to_numpy() == df["size"].to_numpy()).all()
+                    and (files["mtime_ns"].to_numpy() == df["mtime_ns"].to_numpy()).all())
+    return "hash" in df.columns and bool((files["hash"].to_numpy() == df["hash"].fillna("").astype(str).to_numpy()).all())
+
+
 def load(project, name: str = "mfcc", *, frames: bool | None = None) -> FeatureTable:
     """The usable rows of feature set ``name`` (ok files only, manifest order).
 
@@ -67,9 +79,7 @@ def load(project, name: str = "mfcc", *, frames: bool | None = None) -> FeatureT
         raise UsageError(f"{proj.path} has no {mode}features {name!r}; "
                          f"run compute_features({str(proj.path)!r}, sets=[{name!r}]{flag})")
     df = proj.read_manifest()
-    files = store.files(gen.name)
-    if len(files) != len(df) or not (files["id"].to_numpy() == df["id"].astype(str).to_numpy()).all() \
-            or not (files["hash"].to_numpy() == df["hash"].fillna("").astype(str).to_numpy()).all():
+    if not _aligned(store.files(gen.name), df):
         raise StoreError(f"features {name!r} in {proj.path} are out of date with the manifest; "
                          f"run compute_features({str(proj.path)!r}) to update them")
     X = np.asarray(store.array(gen.name)[:], dtype=np.float32)

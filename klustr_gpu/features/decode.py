@@ -2,11 +2,11 @@
 
 An :class:`Item` is one unit of work: a clip (one file), or in frame mode a block of at most
 ``batch_size`` consecutive windows of one file. :func:`decode_task` decodes a list of items
-(``klustr_gpu.library.decode``: soundfile + torchaudio resampling), each within
+(``klustr_gpu.library.decode``: soundfile + libsoxr resampling), each within
 ``DECODE_TIMEOUT_S``; a file that cannot be used becomes a :class:`Decoded` with its skip
-reason. :func:`ordered` runs any such task function over a pool of spawned worker processes
-(one torch thread each), a bounded number of tasks ahead, and hands the results back in task
-order; while the pool starts, or when its workers fall behind, the calling process runs the
+reason. :func:`ordered` runs any such task function over a pool of worker processes (forks
+of this process where that is safe, :func:`pool_context`; one torch thread each), a bounded
+number of tasks ahead, and hands the results back in task order; while the pool starts, or when its workers fall behind, the calling process runs the
 next tasks itself. Everything a worker runs is a module-level function of picklable arguments.
 
 Frame mode: each ok file of duration ``d`` gives ``max(1, ceil((d - window / 2) / hop))``
@@ -18,11 +18,11 @@ samples of a block's first window (a difference far below feature precision).
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import multiprocessing as mp
 import os
+import warnings
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -32,6 +32,7 @@ import numpy as np
 
 from ..config import AudioConfig
 from ..errors import SkipFile
+from ..timeouts import alarm_usable, deadline
 
 log = logging.getLogger(__name__)
 
@@ -49,41 +50,53 @@ DECODE_TIMEOUT_S = 120.0
 
 @dataclass(frozen=True)
 class Item:
-    """One unit of work: ``unit`` (its index in the layout), the file, and in frame mode the
-    block's first window within the file and its number of windows."""
+    """One unit of work: ``unit`` (its index in the layout), the file, in frame mode the
+    block's first window within the file and its number of windows; the file's identity at the
+    scan (``size``, ``mtime_ns``: a file that no longer has it is skipped as changed, never
+    decoded as something the manifest does not describe) and, for a changed file whose rows
+    exist, the ``known`` hash of the clip they were computed from."""
 
     unit: int
     path: str
     first: int = 0          # frame mode: index of the block's first window in its file
     n: int = 1              # windows in this block
+    size: int = -1          # -1: not checked
+    mtime_ns: int = -1      # -1: not checked (a manifest of an older klustr)
+    known: str = ""
 
 
 @dataclass(slots=True)
 class Decoded:
     """An item decoded: ``windows`` float32 ``[shape=(n, samples)]``, or ``None`` and the
-    ``reason`` it was skipped."""
+    ``reason`` it was skipped; clip mode: ``hash`` of the clip (blake2b-128 of its samples), and
+    ``same`` when it equals the item's ``known`` hash (the windows are then dropped: the
+    file's rows are copied, not computed)."""
 
     item: Item
     windows: np.ndarray | None
     reason: str | None = None
+    hash: str = ""
+    same: bool = False
 
 
 # -- one item ------------------------------------------------------------------------------------
 def decode_item(item: Item, audio: AudioConfig, frames: tuple[float, float] | None) -> np.ndarray:
     """The windows of ``item``: ``[1, samples]`` for a clip, ``[item.n, window samples]`` for a
     block of frames (``frames=(window, hop)`` in seconds). Raises SkipFile."""
-    from ..library.decode import decode
+    from ..library.decode import FileChanged, decode
 
+    expect = (item.size, item.mtime_ns) if item.size >= 0 else None
     if frames is None:
-        return decode(item.path, audio)[None, :]
+        return decode(item.path, audio, expect=expect)[None, :]
     window, hop = frames
     sr = audio.sample_rate
     win = int(round(window * sr))
     raw = dataclasses.replace(audio, normalize=False)
     try:
-        x = decode(item.path, raw, offset=item.first * hop, seconds=(item.n - 1) * hop + window, strict=False)
-    except SkipFile:
-        if item.first == 0:
+        x = decode(item.path, raw, offset=item.first * hop, seconds=(item.n - 1) * hop + window, strict=False,
+                   expect=expect)
+    except SkipFile as exc:
+        if item.first == 0 or isinstance(exc, FileChanged):
             raise
         x = np.zeros(int(round(((item.n - 1) * hop + window) * sr)), np.float32)
     starts = np.round(np.arange(item.n) * hop * sr).astype(np.int64)
@@ -100,35 +113,6 @@ def _timed_out(seconds: float) -> SkipFile:
     return SkipFile(f"decode timed out after {seconds:g} s")
 
 
-def _alarm_usable(seconds: float) -> bool:
-    import signal
-    import threading
-
-    return bool(seconds) and hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread()
-
-
-@contextlib.contextmanager
-def _deadline(seconds: float) -> Iterator[None]:
-    """SIGALRM after ``seconds`` raises the timeout's SkipFile in the block (main thread only;
-    elsewhere it does nothing: see :func:`decode_within`)."""
-    import signal
-
-    if not _alarm_usable(seconds):
-        yield
-        return
-
-    def expired(_signum, _frame):
-        raise _timed_out(seconds)
-
-    previous = signal.signal(signal.SIGALRM, expired)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
-
-
 def decode_within(item: Item, audio: AudioConfig, frames: tuple[float, float] | None,
                   seconds: float) -> np.ndarray:
     """:func:`decode_item` within ``seconds`` (0: no limit), else SkipFile("decode timed out").
@@ -140,8 +124,8 @@ def decode_within(item: Item, audio: AudioConfig, frames: tuple[float, float] | 
     discarded; being a daemon it never keeps the process alive. Each timed-out file can leave one
     such thread behind, so a library of many hanging files costs that many idle threads.
     """
-    if not seconds or _alarm_usable(seconds):
-        with _deadline(seconds):
+    if not seconds or alarm_usable(seconds):
+        with deadline(seconds, lambda: _timed_out(seconds)):
             return decode_item(item, audio, frames)
     import threading
 
@@ -167,14 +151,28 @@ def decode_within(item: Item, audio: AudioConfig, frames: tuple[float, float] | 
 
 def decode_task(items: list[Item], audio: AudioConfig, frames: tuple[float, float] | None) -> list[Decoded]:
     """Decode a list of items, each abandoned (skipped) after ``DECODE_TIMEOUT_S`` in whichever
-    thread this runs (:func:`decode_within`)."""
+    thread this runs (:func:`decode_within`); clip mode: hash each clip (see :class:`Decoded`)."""
     out = []
     for it in items:
         try:
-            out.append(Decoded(it, decode_within(it, audio, frames, DECODE_TIMEOUT_S)))
+            x = decode_within(it, audio, frames, DECODE_TIMEOUT_S)
         except SkipFile as exc:
             out.append(Decoded(it, None, exc.reason))
+            continue
+        if frames is not None:
+            out.append(Decoded(it, x))
+            continue
+        h = clip_hash(x)
+        same = bool(it.known) and h == it.known
+        out.append(Decoded(it, None if same else x, None, h, same))
     return out
+
+
+def clip_hash(x: np.ndarray) -> str:
+    """blake2b-128 of a clip's float32 samples: equal hashes, equal clips, equal features."""
+    import hashlib
+
+    return hashlib.blake2b(np.ascontiguousarray(x, dtype=np.float32).tobytes(), digest_size=16).hexdigest()
 
 
 # -- tasks and the pool ------------------------------------------------------------------------------
@@ -204,7 +202,10 @@ def init_worker() -> None:
     import torch
 
     torch.set_num_threads(1)
-    torch.set_num_interop_threads(1)
+    try:
+        torch.set_num_interop_threads(1)
+    except RuntimeError:        # a forked worker of a process whose inter-op pool is already running
+        pass
     parent = mp.parent_process()
     if parent is not None:      # a SIGKILLed parent never tells its pool: leave with it
         threading.Thread(target=_exit_with, args=(parent.sentinel,), daemon=True).start()
@@ -221,26 +222,44 @@ def _ready() -> bool:
     return True
 
 
+def pool_context():
+    """The start method of decode workers: fork where the platform has it safely (Linux): a
+    worker starts in milliseconds with torch, the feature modules and the decoder already
+    imported, where a spawned one spends seconds importing them, and it does not re-import the
+    caller's ``__main__`` (a script without a main guard works). What a worker runs is safe
+    after a fork: it sets torch to one thread before any operation (PyTorch's DataLoader
+    workers do the same) and uses no lock another thread of this process may hold. Elsewhere
+    (macOS, Windows): spawn."""
+    import sys
+
+    if sys.platform.startswith("linux") and "fork" in mp.get_all_start_methods():
+        return mp.get_context("fork")
+    return mp.get_context("spawn")
+
+
 def ordered(tasks: Iterable[list[Item]], run: Callable[..., list], args: tuple, workers: int) -> Iterator[Any]:
     """``run(task, *args)`` for every task, results flattened in task order, from ``workers``
     processes, a bounded number of tasks ahead (``workers=0``: here, one task after another).
 
-    A pool takes seconds to start (each worker imports torch): until its first worker is up
-    the calling process runs the tasks itself, in order. Afterwards, while the oldest task is
-    not back yet, it runs the next unsubmitted one instead of waiting.
+    Workers are forks of this process (:func:`pool_context`; spawned ones where fork is not
+    safe, which take seconds to start): until the first one is up the calling process runs
+    the tasks itself, in order. Afterwards, while the oldest task is not back yet, it runs the
+    next unsubmitted one instead of waiting.
     """
     if workers <= 0:
         for t in tasks:
             yield from run(t, *args)
         return
-    ctx = mp.get_context("spawn")
+    ctx = pool_context()
     tasks = iter(tasks)
     ahead, steal_limit = 3 * workers, 4 * workers
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=init_worker) as pool:
         pending: deque = deque()       # Futures, or result lists run here
         stolen = 0
         exhausted = False
-        warm = [pool.submit(_ready) for _ in range(workers)]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)     # 3.12+: fork of a threaded process
+            warm = [pool.submit(_ready) for _ in range(workers)]
         try:
             while not any(f.done() for f in warm):
                 t = next(tasks, None)

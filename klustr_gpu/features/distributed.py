@@ -43,7 +43,7 @@ from ..runtime import torch_device, torch_threads
 from ..store import Project
 from .compute import Computed, compute_stream
 from .decode import TASK_WINDOWS, decode_task, ordered, pack
-from .plan import Layout, SetPlan, plan_run, units_to_decode
+from .plan import Layout, SetPlan, known_hashes, plan_run, units_to_decode
 from .run import summarize
 from .store import Generation, RowSource, SetStore
 from .write import write_shard
@@ -99,9 +99,11 @@ def _modules(cfg: Config, cfg_json: str, sets, device) -> dict:
             for name in sets}
 
 
-def _computed(layout: Layout, cfg: Config, modules: dict, device, units: np.ndarray) -> Iterator[Computed]:
+def _computed(layout: Layout, cfg: Config, modules: dict, device, units: np.ndarray,
+              known: dict[str, str] | None = None) -> Iterator[Computed]:
     """The computed rows of ``units`` (one shard), in order, decoded and computed here."""
-    decoded = ordered(pack(layout.items(units), None, TASK_WINDOWS), decode_task, (cfg.audio, layout.frame_args), 0)
+    decoded = ordered(pack(layout.items(units, known), None, TASK_WINDOWS), decode_task,
+                      (cfg.audio, layout.frame_args), 0)
     return compute_stream(decoded, modules, device, cfg.features.batch_size)
 
 
@@ -118,8 +120,9 @@ def shard_task(project: str, cfg_json: str, layout_hash: str, specs: list[SetSpe
     layout = _layout(project, cfg, cfg_json, layout_hash)
     lo, hi = layout.shards[k]
     plans = [SetPlan(s.name, SetStore(Path(s.path), s.name, s.frames), Generation(**s.gen), _source(s)) for s in specs]
-    computed = _computed(layout, cfg, _modules(cfg, cfg_json, [s.name for s in specs], device), device,
-                         lo + np.flatnonzero(need))
+    units = lo + np.flatnonzero(need)
+    computed = _computed(layout, cfg, _modules(cfg, cfg_json, [s.name for s in specs], device), device, units,
+                         known_hashes(layout, units, [p.source for p in plans]))
     with torch_threads(1):           # one thread per task: parallelism comes from tasks (see module doc)
         writers = write_shard(layout, k, plans, need, computed, commit=False, offset=lo)
     ends = {w.offset for w in writers.values()}
@@ -127,7 +130,7 @@ def shard_task(project: str, cfg_json: str, layout_hash: str, specs: list[SetSpe
         raise RuntimeError(f"shard {k}: wrote rows up to {sorted(ends)}, expected {hi}")
     return {"shard": k, "rows_end": hi,
             "sets": {p.name: {"skipped": writers[p.name].skipped, "computed": p.computed, "reused": p.reused,
-                              "seconds": p.seconds} for p in plans}}
+                              "seconds": p.seconds, "hashes": writers[p.name].hashes} for p in plans}}
 
 
 def _source(s: SetSpec) -> RowSource | None:
@@ -176,7 +179,8 @@ def run_on_cluster(project: Project, cfg: Config, device, client, *, progress: b
         _submit_and_commit(project, cfg, layout, work, need, client, progress)
     for p in todo:
         p.store.finish(p.gen)
-    return summarize(plans, layout, device, time.perf_counter() - t_start)
+    return summarize(plans, layout, device, time.perf_counter() - t_start, decoded=int(layout.unit_n[need].sum()),
+                     workers=-1)
 
 
 def _spec(p: SetPlan) -> SetSpec:
@@ -238,7 +242,7 @@ def commit_clips(res: dict[str, Any], active: list[SetPlan]) -> None:
         p.computed += r["computed"]
         p.reused += r["reused"]
         p.seconds += r["seconds"]
-        p.store.commit(p.gen, rows_done=res["rows_end"], skipped=r["skipped"])
+        p.store.commit(p.gen, rows_done=res["rows_end"], skipped=r["skipped"], hashes=r["hashes"])
         p.skipped.update(r["skipped"])
 
 

@@ -35,7 +35,8 @@ class Layout:
     """
 
     ids: np.ndarray
-    hashes: np.ndarray
+    sizes: np.ndarray               # each file's identity at the scan: size in bytes,
+    mtimes: np.ndarray              # modification time in ns (-1: unknown, a manifest of an older klustr)
     ok: np.ndarray
     paths: list[Path]
     n_windows: np.ndarray           # windows per file (1 per ok file for clips)
@@ -52,7 +53,8 @@ class Layout:
     def from_manifest(cls, project: Project, df: pd.DataFrame, cfg: Config, frames: bool) -> "Layout":
         fc = cfg.features
         ids = df["id"].astype(str).to_numpy()
-        hashes = df["hash"].fillna("").astype(str).to_numpy()
+        sizes = df["size"].to_numpy(dtype=np.int64)
+        mtimes = df["mtime_ns"].to_numpy(dtype=np.int64)
         ok = (df["status"] == "ok").to_numpy()
         root = project.library_root if len(df) else Path(".")
         paths = [root / p for p in df["path"]]
@@ -68,7 +70,8 @@ class Layout:
             units, shards = frame_units(n_w, max(1, fc.batch_size), fc.shard_size)
             extra = f"frames|{fc.shard_size}|{fc.batch_size}|{fc.window}|{fc.hop}"
         window, hop = (fc.window, fc.hop) if frames else (0.0, 0.0)
-        return cls(ids, hashes, ok, paths, n_w, *units, shards, frames, layout_hash(ids, hashes, extra), window, hop)
+        return cls(ids, sizes, mtimes, ok, paths, n_w, *units, shards, frames,
+                   layout_hash(ids, sizes, mtimes, extra), window, hop)
 
     @property
     def frame_args(self) -> tuple[float, float] | None:
@@ -76,12 +79,20 @@ class Layout:
         return (self.window, self.hop) if self.frames else None
 
     def files_table(self) -> pd.DataFrame:
-        return pd.DataFrame({"id": self.ids, "hash": self.hashes, "ok": self.ok})
+        return pd.DataFrame({"id": self.ids, "size": self.sizes, "mtime_ns": self.mtimes, "ok": self.ok})
 
-    def items(self, units: Iterable[int]) -> Iterator[Item]:
-        """The decoder's work items of ``units``."""
+    def identity(self, pos: int) -> tuple[int, int]:
+        """(size, mtime in ns) of the file at ``pos``, as the scan saw it."""
+        return int(self.sizes[pos]), int(self.mtimes[pos])
+
+    def items(self, units: Iterable[int], known: dict[str, str] | None = None) -> Iterator[Item]:
+        """The decoder's work items of ``units``; ``known``: file id -> the clip hash its rows
+        were computed from, for files whose identity changed (see :func:`known_hashes`)."""
+        known = known or {}
         for u in units:
-            yield Item(int(u), str(self.paths[self.unit_pos[u]]), int(self.unit_first[u]), int(self.unit_n[u]))
+            pos = self.unit_pos[u]
+            yield Item(int(u), str(self.paths[pos]), int(self.unit_first[u]), int(self.unit_n[u]),
+                       int(self.sizes[pos]), int(self.mtimes[pos]), known.get(self.ids[pos], ""))
 
     def shard_of(self) -> np.ndarray:
         """The shard of every unit."""
@@ -134,8 +145,9 @@ class SetPlan:
     def needs(self, k: int) -> bool:
         return not self.done and k >= self.gen.shards_done
 
-    def reusable(self, fid: str, h: str) -> bool:
-        return self.source is not None and self.source.has(fid, h)
+    def reusable(self, fid: str, identity: tuple[int, int]) -> bool:
+        """Rows of file ``fid`` can be copied: the source has it with this identity."""
+        return self.source is not None and self.source.has(fid, identity)
 
 
 def plan_set(project: Project, cfg: Config, name: str, layout: Layout, dim: int) -> SetPlan:
@@ -172,7 +184,7 @@ def plan_run(project: Project, cfg: Config) -> tuple[Layout, dict[str, Any], lis
 
 def units_to_decode(layout: Layout, todo: list[SetPlan]) -> tuple[np.ndarray, list[tuple[int, list[SetPlan]]]]:
     """``(need, work)``: which units must be decoded (of an ok file, in a shard some set still
-    needs, and not reusable, same id and content hash, by every such set), and
+    needs, and not reusable, same id, size and mtime, by every such set), and
     ``[(shard, sets that need it)]``."""
     need = np.zeros(len(layout.unit_pos), bool)
     work: list[tuple[int, list[SetPlan]]] = []
@@ -183,5 +195,21 @@ def units_to_decode(layout: Layout, todo: list[SetPlan]) -> tuple[np.ndarray, li
         work.append((k, active))
         for u in range(lo, hi):
             pos = layout.unit_pos[u]
-            need[u] = layout.ok[pos] and any(not p.reusable(layout.ids[pos], layout.hashes[pos]) for p in active)
+            need[u] = layout.ok[pos] and any(not p.reusable(layout.ids[pos], layout.identity(pos)) for p in active)
     return need, work
+
+
+def known_hashes(layout: Layout, units: np.ndarray, sources: list[RowSource | None]) -> dict[str, str]:
+    """Clip mode: file id -> the hash of the clip its rows were computed from, for the files of
+    ``units`` that every set's source holds under one hash. A file whose size or mtime changed
+    (touched, copied without its times) is decoded again; when its clip hashes the same, its
+    rows are copied instead of computed (:func:`.decode.decode_task`)."""
+    if layout.frames or not sources or any(s is None for s in sources):
+        return {}
+    out = {}
+    for u in units:
+        fid = layout.ids[layout.unit_pos[u]]
+        hs = {s.hash_of(fid) for s in sources}
+        if len(hs) == 1 and "" not in hs:
+            out[fid] = hs.pop()
+    return out

@@ -1,13 +1,14 @@
 """The in-process features run: plan, decode in worker processes, compute in batches, write.
 
-Decoding runs in a pool of spawned worker processes (:func:`.decode.ordered`), a bounded
+Decoding runs in a pool of worker processes (:func:`.decode.ordered`), a bounded
 number of tasks ahead of this process, in manifest order. On CUDA this process stacks the
 decoded clips into ``(batch, time)`` tensors and runs every requested feature module on the
 GPU (:func:`.compute.compute_stream`), overlapped with the workers' decoding. On the CPU each
 worker computes the features of its own task (:func:`.compute.decode_and_compute`) right after
-decoding it, so every core does both, and this process only writes. Jobs under
-``IN_PROCESS_BELOW`` clips (frame mode: windows) run here without a pool (a pool takes seconds
-to start). Every shard is written by :func:`.write.write_shard` and committed. Peak memory is
+decoding it, so every core does both; this process writes, and runs the next task itself
+whenever the oldest one is not back yet. Workers are forks of this process (ready in
+milliseconds, torch already imported); jobs under ``IN_PROCESS_BELOW`` clips (frame mode:
+windows) run here without a pool. Every shard is written by :func:`.write.write_shard` and committed. Peak memory is
 bounded by the tasks in flight plus one batch and one shard of feature rows.
 """
 from __future__ import annotations
@@ -24,19 +25,20 @@ from tqdm.auto import tqdm
 
 from ..config import Config
 from ..results import FeatureSetResult, FeaturesResult
-from ..runtime import torch_threads
+from ..runtime import torch_threads, worker_processes
 from ..store import Project
 from .compute import compute_stream, decode_and_compute
 from .decode import TASK_WINDOWS, decode_task, ordered, pack
-from .plan import Layout, SetPlan, plan_run, units_to_decode
+from .plan import Layout, SetPlan, known_hashes, plan_run, units_to_decode
 from .write import write_shard
 
 log = logging.getLogger(__name__)
 
-#: Below this many clips (frame mode: windows) to compute, work in the main process: a pool costs seconds to
-#: start (each worker imports torch), which only pays off on larger jobs. On CUDA the pool also
-#: overlaps decoding with GPU work, so it pays off sooner.
-IN_PROCESS_BELOW = 5000
+#: Below this many clips (frame mode: windows) to compute, work in the main process. Forked
+#: workers start in milliseconds (spawned ones, where fork is unsafe, take seconds: then only
+#: jobs of ``IN_PROCESS_BELOW_SPAWN`` pay for them).
+IN_PROCESS_BELOW = 200
+IN_PROCESS_BELOW_SPAWN = 5000
 IN_PROCESS_BELOW_CUDA = 256
 #: CPU runs: windows per worker task, decoded and computed as one batch.
 TASK_WINDOWS_COMPUTE = 32
@@ -44,7 +46,16 @@ TASK_WINDOWS_COMPUTE = 32
 
 def resolve_workers(workers: int) -> int:
     """Decoding processes: ``workers`` if positive, else one per core up to 8."""
-    return workers if workers > 0 else max(1, min(os.cpu_count() or 1, 8))
+    return worker_processes(workers)
+
+
+def pool_threshold(device) -> int:
+    """Jobs of fewer clips (windows) than this are decoded in this process."""
+    from .decode import pool_context
+
+    if pool_context().get_start_method() != "fork":
+        return IN_PROCESS_BELOW_SPAWN
+    return min(IN_PROCESS_BELOW_CUDA, IN_PROCESS_BELOW) if device.type == "cuda" else IN_PROCESS_BELOW
 
 
 def run_in_process(project: Project, cfg: Config, device, *, progress: bool = True) -> FeaturesResult:
@@ -55,13 +66,13 @@ def run_in_process(project: Project, cfg: Config, device, *, progress: bool = Tr
     todo = [p for p in plans if not p.done]
     need, work = units_to_decode(layout, todo)
     n_files = len(np.unique(layout.unit_pos[need]))
-    small = IN_PROCESS_BELOW_CUDA if device.type == "cuda" else IN_PROCESS_BELOW
     n_work = int(layout.unit_n[need].sum())          # clips, or windows in frame mode
-    workers = 0 if n_work < min(small, IN_PROCESS_BELOW) else resolve_workers(fc.workers)
+    workers = 0 if n_work < pool_threshold(device) else resolve_workers(fc.workers)
     # On the CPU the workers compute the features too (every core does decode + features; the
     # main process only writes); on CUDA they decode and the main process feeds the GPU.
     in_workers = workers > 0 and device.type == "cpu" and bool(todo)
-    items, shard_of = layout.items(np.flatnonzero(need)), layout.shard_of()
+    units = np.flatnonzero(need)
+    items, shard_of = layout.items(units, known_hashes(layout, units, [p.source for p in todo])), layout.shard_of()
     if in_workers:
         tasks = pack(items, shard_of, min(TASK_WINDOWS_COMPUTE, fc.batch_size))
         args = (cfg.audio, layout.frame_args, json.dumps(cfg.to_dict()), tuple(p.name for p in todo))
@@ -87,7 +98,7 @@ def run_in_process(project: Project, cfg: Config, device, *, progress: bool = Tr
             bar.close()
             computed.close()
             stream.close()
-    return summarize(plans, layout, device, time.perf_counter() - t_start)
+    return summarize(plans, layout, device, time.perf_counter() - t_start, decoded=n_work, workers=workers)
 
 
 @contextmanager
@@ -99,7 +110,8 @@ def main_threads(workers: int, *, single: bool = False) -> Iterator[None]:
         yield
 
 
-def summarize(plans: list[SetPlan], layout: Layout, device, seconds: float) -> FeaturesResult:
+def summarize(plans: list[SetPlan], layout: Layout, device, seconds: float, *, decoded: int = 0,
+              workers: int = 0) -> FeaturesResult:
     """What a run (in-process or Dask) did, set by set, from the stores' ledgers."""
     sets: dict[str, FeatureSetResult] = {}
     skipped: dict[str, str] = {}
@@ -113,4 +125,4 @@ def summarize(plans: list[SetPlan], layout: Layout, device, seconds: float) -> F
         sets[p.name] = FeatureSetResult(n_rows=n_rows, dim=int(p.gen.dim), computed=int(p.computed),
                                         reused=int(p.reused), seconds=round(p.seconds, 3))
     return FeaturesResult(sets=sets, skipped=skipped, device=str(device), frames=layout.frames,
-                          seconds=round(seconds, 3))
+                          seconds=round(seconds, 3), decoded=int(decoded), workers=int(workers))

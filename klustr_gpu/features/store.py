@@ -7,20 +7,25 @@
         ledger.json                    the only source of truth; atomically replaced
         .zgroup                        (the folder is a zarr group)
         g000003/                       a generation: zarr v2 array (rows, dim) float32
-        g000003.files.parquet          the generation's layout: id, hash, ok of every manifest row
+        g000003.files.parquet          the generation's layout: id, size, mtime_ns, ok of every manifest row
         g000003.index/000000.parquet   frame mode: file_id, start (s) of each row of shard 0
+        g000003.hashes/000000.parquet  clip mode: id, hash of the clip each row of shard 0 was computed from
 
-A *generation* is one complete pass over one manifest layout (the list of (id, content hash))
-under one config hash. Its rows are appended shard by shard in manifest order: the rows go to
+A *generation* is one complete pass over one manifest layout (the list of (id, size, mtime
+in ns): each file's identity at the scan) under one config hash. Its rows are appended shard by shard in manifest order: the rows go to
 the zarr array (each chunk file is itself written to a temporary name and renamed), then the
 ledger is replaced with ``shards_done``/``rows_done`` advanced. Rows past ``rows_done`` are
 uncommitted and are overwritten on resume, so a process killed at any moment resumes at its
 last committed shard and ends with the same arrays as an uninterrupted run.
 
 When the manifest changes (files added or edited, then rescanned) or the config changes, a new
-generation is started; rows of files whose (id, content hash) are unchanged are copied from the
-newest complete generation with the same config hash, so only new files are computed. When the
-new generation completes it becomes ``current`` and older generations are deleted.
+generation is started; rows of files whose (id, size, mtime) are unchanged are copied from the
+newest complete generation with the same config hash, so only new or changed files are decoded.
+A changed file whose decoded clip hashes as before (touched, or copied without its times) has
+its rows copied too, not computed. When the new generation completes it becomes ``current``
+and older generations are deleted. A generation written before identities were (size, mtime)
+(its files table has a content ``hash`` column instead) gives no rows to copy: the first run
+after upgrading recomputes it once.
 """
 from __future__ import annotations
 
@@ -48,11 +53,13 @@ def store_dir(features_root: Path, name: str, frames: bool) -> Path:
     return Path(features_root) / (f"{name}@frames" if frames else name)
 
 
-def layout_hash(ids: np.ndarray, hashes: np.ndarray, extra: str) -> str:
+def layout_hash(ids: np.ndarray, sizes: np.ndarray, mtimes: np.ndarray, extra: str) -> str:
+    """A hash of a manifest layout: each file's id and identity (size, mtime in ns), in order."""
     h = hashlib.blake2b(digest_size=12)
-    h.update(extra.encode())
-    for i, c in zip(ids, hashes):
-        h.update(f"{i}\0{c}\n".encode())
+    h.update(f"identity-v2|{extra}".encode())
+    h.update("\n".join(map(str, ids)).encode())
+    h.update(np.ascontiguousarray(sizes, dtype="<i8").tobytes())
+    h.update(np.ascontiguousarray(mtimes, dtype="<i8").tobytes())
     return h.hexdigest()
 
 
@@ -129,6 +136,9 @@ class SetStore:
     def index_dir(self, gen: str) -> Path:
         return self.path / f"{gen}.index"
 
+    def hashes_dir(self, gen: str) -> Path:
+        return self.path / f"{gen}.hashes"
+
     def array(self, gen: str):
         import zarr
 
@@ -200,10 +210,14 @@ class SetStore:
                              f"{exc.strerror or exc}; committed shards are intact, rerun to resume") from exc
 
     def commit(self, gen: Generation, *, rows_done: int, skipped: dict[str, str],
-               index: pd.DataFrame | None = None) -> None:
-        """Record one more finished shard (after its rows are written)."""
+               index: pd.DataFrame | None = None, hashes: dict[str, str] | None = None) -> None:
+        """Record one more finished shard (after its rows are written); ``hashes``: file id ->
+        hash of the clip its rows come from (clip mode)."""
         if index is not None:
             write_parquet(index, self.index_dir(gen.name) / f"{gen.shards_done:06d}.parquet")
+        if hashes:
+            write_parquet(pd.DataFrame({"id": list(hashes), "hash": list(hashes.values())}),
+                          self.hashes_dir(gen.name) / f"{gen.shards_done:06d}.parquet")
         gen.shards_done += 1
         gen.rows_done = rows_done
         gen.skipped.update(skipped)
@@ -226,6 +240,23 @@ class SetStore:
     def files(self, gen: str) -> pd.DataFrame:
         return pd.read_parquet(self.files_path(gen))
 
+    def hashes(self, gen: Generation) -> dict[str, str]:
+        """File id -> clip hash, over the generation's committed shards (clip mode)."""
+        d = self.hashes_dir(gen.name)
+        parts = []
+        for k in range(gen.shards_done):
+            try:
+                parts.append(pd.read_parquet(d / f"{k:06d}.parquet", columns=["id", "hash"]))
+            except FileNotFoundError:
+                continue                      # a shard of skipped files only, or before hashes were kept
+            except Exception as exc:  # noqa: BLE001 - a damaged file: its files are simply decoded again
+                log.warning("features %s: %s/%06d.parquet cannot be read (%s); those files' clips are hashed again",
+                            self.name, d, k, exc)
+        if not parts:
+            return {}
+        df = pd.concat(parts, ignore_index=True)
+        return dict(zip(df["id"].astype(str), df["hash"].astype(str)))
+
     def index(self, gen: Generation) -> pd.DataFrame:
         parts = [pd.read_parquet(self.index_dir(gen.name) / f"{k:06d}.parquet") for k in range(gen.shards_done)]
         if not parts:
@@ -234,7 +265,7 @@ class SetStore:
 
 
 class RowSource:
-    """Rows of a complete older generation, found by (file id, content hash)."""
+    """Rows of a complete older generation, found by file id and identity (size, mtime in ns)."""
 
     def __init__(self, store: SetStore, gen: Generation):
         self.store, self.gen = store, gen
@@ -247,23 +278,32 @@ class RowSource:
             self._starts = idx["start"].to_numpy()
         else:
             span = {fid: (i, 1) for i, fid in enumerate(files["id"])}
-        self._where = {}
-        for fid, h, ok in zip(files["id"], files["hash"], files["ok"]):
-            if ok and fid not in gen.skipped:
-                self._where[(fid, h)] = span.get(fid, (0, 0))
-            elif fid in gen.skipped:
-                self._where[(fid, h)] = (0, 0)
+        self._where: dict[str, tuple[tuple[int, int], int, int]] = {}   # id -> (identity, start, count)
+        if "size" in files.columns:              # older generations (a content hash) give nothing to copy
+            for fid, size, mtime, ok in zip(files["id"], files["size"], files["mtime_ns"], files["ok"]):
+                if ok or fid in gen.skipped:
+                    start, count = span.get(fid, (0, 0)) if fid not in gen.skipped else (0, 0)
+                    self._where[fid] = ((int(size), int(mtime)), start, count)
+        self._hashes = store.hashes(gen) if not store.frames else {}
         self._cache: dict[int, np.ndarray] = {}
 
-    def has(self, fid: str, h: str) -> bool:
-        return (fid, h) in self._where
+    def has(self, fid: str, identity: tuple[int, int]) -> bool:
+        """Whether the rows of ``fid`` are here for a file of this identity (size, mtime in ns).
+        An unknown mtime (-1: a manifest of an older klustr) never matches."""
+        w = self._where.get(fid)
+        return w is not None and w[0] == identity and identity[1] >= 0
+
+    def hash_of(self, fid: str) -> str:
+        """The hash of the clip ``fid``'s rows were computed from ("" when unknown or when the
+        rows are not here)."""
+        return self._hashes.get(fid, "") if fid in self._where else ""
 
     def reason(self, fid: str) -> str | None:
         return self.gen.skipped.get(fid)
 
-    def rows(self, fid: str, h: str, first: int = 0, n: int | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    def rows(self, fid: str, first: int = 0, n: int | None = None) -> tuple[np.ndarray, np.ndarray | None]:
         """(rows, frame starts or None) of a known file: its rows ``first:first + n``."""
-        start, count = self._where[(fid, h)]
+        _, start, count = self._where[fid]
         n = count - first if n is None else min(n, count - first)
         start += first
         out = np.empty((n, self.gen.dim), np.float32)

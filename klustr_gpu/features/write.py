@@ -3,8 +3,9 @@
 :func:`write_shard` takes a shard of the layout, the sets that still need it and the ordered
 stream of :class:`~.compute.Computed` rows of the shard's units that had to be decoded, and
 writes every unit's rows of every set in file order: computed rows, rows copied from an older
-generation (same file id and content hash), NaN rows (clip mode) for files that are not ok or
-failed, and the skip reasons. The in-process run, a Dask clip task (which writes its shard's
+generation (same file id and identity, size and mtime; or a changed file whose decoded clip
+hashes as before), NaN rows (clip mode) for files that are not ok or failed, the skip reasons,
+and (clip mode) the hash of the clip each row comes from. The in-process run, a Dask clip task (which writes its shard's
 own region and leaves the commit to the client) and the Dask client in frame mode (replaying
 a task's rows) all call it; only whether it commits differs.
 """
@@ -30,6 +31,7 @@ class ShardWriter:
         self.index: list[tuple[np.ndarray, np.ndarray]] = []
         self.n_buf = 0
         self.skipped: dict[str, str] = {}
+        self.hashes: dict[str, str] = {}
 
     def add(self, fid: str, rows: np.ndarray, starts: np.ndarray | None) -> None:
         self.buf.append(rows)
@@ -62,7 +64,8 @@ class ShardWriter:
             fids = np.concatenate([f for f, _ in self.index]) if self.index else np.array([], dtype=object)
             st = np.concatenate([s for _, s in self.index]) if self.index else np.array([], dtype=float)
             index = pd.DataFrame({"file_id": fids.astype(str), "start": st.astype(np.float64)})
-        self.plan.store.commit(self.plan.gen, rows_done=self.offset, skipped=self.skipped, index=index)
+        self.plan.store.commit(self.plan.gen, rows_done=self.offset, skipped=self.skipped, index=index,
+                               hashes=self.hashes)
         self.plan.skipped.update(self.skipped)
 
 
@@ -102,29 +105,37 @@ def _next(computed: Iterator[Computed], u: int) -> Computed:
 def _emit_known(u: int, plans: list[SetPlan], writers: dict[str, ShardWriter], layout: Layout) -> None:
     """A unit nobody computes in this run: of a file that is not ok (NaN row / no rows), or copied."""
     pos = layout.unit_pos[u]
-    fid, h = layout.ids[pos], layout.hashes[pos]
+    fid = layout.ids[pos]
     for p in plans:
         w = writers[p.name]
         if not layout.ok[pos]:
             w.add_nan(fid)
             continue
-        reason = p.source.reason(fid)
-        if reason:
-            w.skipped[fid] = reason
-            w.add_nan(fid)
-            continue
-        rows, starts = p.source.rows(fid, h, int(layout.unit_first[u]), int(layout.unit_n[u]))
-        w.add(fid, rows, starts)
-        p.reused += len(rows)
+        _copy(u, fid, p, w, layout)
+
+
+def _copy(u: int, fid: str, p: SetPlan, w: ShardWriter, layout: Layout) -> None:
+    """Unit ``u``'s rows of set ``p`` copied from its source generation (with the skip reason
+    and clip hash they had)."""
+    reason = p.source.reason(fid)
+    if reason:
+        w.skipped[fid] = reason
+        w.add_nan(fid)
+        return
+    rows, starts = p.source.rows(fid, int(layout.unit_first[u]), int(layout.unit_n[u]))
+    w.add(fid, rows, starts)
+    if not layout.frames:
+        w.hashes[fid] = p.source.hash_of(fid)
+    p.reused += len(rows)
 
 
 def _emit_computed(c: Computed, plans: list[SetPlan], writers: dict[str, ShardWriter], layout: Layout) -> None:
     u = c.item.unit
     pos = layout.unit_pos[u]
-    fid, h = layout.ids[pos], layout.hashes[pos]
-    copy = [p for p in plans if p.reusable(fid, h)]
-    if copy:
-        _emit_known(u, copy, writers, layout)
+    fid = layout.ids[pos]
+    copy = plans if c.same else [p for p in plans if p.reusable(fid, layout.identity(pos))]
+    for p in copy:
+        _copy(u, fid, p, writers[p.name], layout)
     for p in plans:
         p.seconds += c.seconds.get(p.name, 0.0)
         if p in copy:
@@ -140,4 +151,6 @@ def _emit_computed(c: Computed, plans: list[SetPlan], writers: dict[str, ShardWr
             w.skipped[fid] = "features not finite"
         starts = (c.item.first + np.arange(len(rows))) * layout.hop if layout.frames else None
         w.add(fid, rows, starts)
+        if c.hash:
+            w.hashes[fid] = c.hash
         p.computed += len(rows)

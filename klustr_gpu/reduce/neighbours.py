@@ -26,7 +26,7 @@ import numpy as np
 
 from ..errors import UsageError
 from ..oom import map_batches
-from ..runtime import n_jobs, torch_device
+from ..runtime import n_jobs, torch_device, torch_threads
 from .distances import ANGULAR, cosine_from_chord, euclidean_view
 from .validate import check_features, check_knn
 
@@ -67,6 +67,15 @@ def _torch_knn(X: np.ndarray, k: int, metric: str, device, Q: np.ndarray | None 
 
     map_batches(one_tile, m, tile, what="k-NN query rows")    # CUDA out of memory: halve the tile
     return idx, dist
+
+
+def _free_cores_knn(X: np.ndarray, k: int, metric: str, device, Q: np.ndarray | None = None):
+    """:func:`_torch_knn`; on the CPU with as many threads as there are cores free now
+    (``runtime.n_jobs``: no spinning OpenMP threads on cores other work holds)."""
+    if device.type != "cpu":
+        return _torch_knn(X, k, metric, device, Q)
+    with torch_threads(n_jobs(0)):
+        return _torch_knn(X, k, metric, device, Q)
 
 
 def _drop_self(idx: np.ndarray, dist: np.ndarray, k: int):
@@ -176,7 +185,7 @@ def knn_graph(X, k: int, *, metric: str = "euclidean", device: str = "auto", see
         k = n - 1
     dev = torch_device(device)
     if metric in TORCH_METRICS and (dev.type == "cuda" or n <= EXACT_CPU_MAX):
-        return _torch_knn(X, k, metric, dev)
+        return _free_cores_knn(X, k, metric, dev)
     if device == "cuda":
         raise UsageError(f"metric {metric!r} is not supported on the GPU; use one of {', '.join(TORCH_METRICS)}")
     if metric in ANNOY_METRICS:
@@ -200,7 +209,7 @@ class NeighbourSearch:
         k = min(k, self.X_ref.shape[0])
         work = self.X_ref.shape[0] * X_new.shape[0]
         if self.metric in TORCH_METRICS and (self.device.type == "cuda" or work <= EXACT_CPU_MAX ** 2):
-            return _torch_knn(self.X_ref, k, self.metric, self.device, Q=X_new)
+            return _free_cores_knn(self.X_ref, k, self.metric, self.device, Q=X_new)
         if self.metric not in ANNOY_METRICS:
             raise UsageError(f"metric {self.metric!r}: placing new points supports {', '.join(ANNOY_METRICS)}")
         if self._index is None:
