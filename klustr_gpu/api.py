@@ -80,7 +80,7 @@ def scan(library: str | Path, project: str | Path | Project, config: Config | No
     skipped = df[df.status != "ok"]
     return ScanResult(project=proj.path, manifest_path=proj.manifest_path, files=len(df), ok=len(df) - len(skipped),
                       skipped=len(skipped), labelled=int(df.label.notna().sum()),
-                      skipped_by_reason=_by_kind(skipped.reason),
+                      skipped_by_reason={str(k): int(v) for k, v in skipped.reason.value_counts().items()},
                       headers_read=stats.headers_read, rows_kept=stats.rows_kept, workers=stats.workers,
                       unlisted_folders=stats.unlisted, seconds=round(time.perf_counter() - t0, 3), manifest=df)
 
