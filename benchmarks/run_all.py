@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-ORDER = ["scan", "features", "reduce", "render", "zoom", "quality", "end_to_end", "scaling"]
+ORDER = ["scan", "features", "reduce", "render", "zoom", "quality", "end_to_end", "default_cost", "scaling"]
 
 
 def machine() -> str:

@@ -129,6 +129,9 @@ def compute_features(project: str | Path | Project, config: Config | None = None
     target = cluster if cluster is not None and spec is None else cfg.features.cluster
     check_cluster(target)
     with proj.lock("features"):
+        from .features.auto import resolve
+
+        cfg = resolve(proj, cfg)                       # the general set's profile, decided from the sounds
         proj.write_config(cfg)
         if target:
             from .features.distributed import run_on_cluster
@@ -331,6 +334,7 @@ def map(library: str | Path, project: str | Path | Project, config: Config | Non
         t = time.perf_counter()
         fe = compute_features(proj, cfg, progress=progress)
         times["features"] = time.perf_counter() - t
+        cfg = proj.load_config()             # with what the features stage decided (features.auto)
         t = time.perf_counter()
         emb = embed(proj, cfg, cluster=cfg.features.cluster or None, progress=progress)
         times["embed"] = time.perf_counter() - t
@@ -342,10 +346,20 @@ def map(library: str | Path, project: str | Path | Project, config: Config | Non
     skipped = man[man.status != "ok"]
     times["other"] = max(0.0, time.perf_counter() - t_start - sum(times.values()))
     return MapResult(project=proj.path, files=len(man), ok=len(man) - len(skipped), skipped=len(skipped),
-                     skipped_by_reason={str(k): int(v) for k, v in skipped.reason.value_counts().items()},
+                     skipped_by_reason=_by_kind(skipped.reason),
                      labelled=int(man.label.notna().sum()), points=emb.n_points,
                      seconds={k: round(v, 2) for k, v in times.items()}, map_png=out.png, map_html=out.html,
-                     stages=_stage_lines(sc, fe, emb, out, times))
+                     stages=_stage_lines(sc, fe, emb, out, times), decisions=dict(cfg.decisions))
+
+
+def _by_kind(reasons) -> dict[str, int]:
+    """Skip reasons counted by kind (``library.decode.reason_kind``: "truncated: header declares
+    N bytes ..." once, not once per N), most frequent first."""
+    from collections import Counter
+
+    from .library.decode import reason_kind
+
+    return dict(Counter(reason_kind(r) for r in reasons).most_common())
 
 
 def _stage_lines(sc: ScanResult, fe: FeaturesResult, emb: EmbedResult, out: RenderResult,

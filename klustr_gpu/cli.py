@@ -36,10 +36,10 @@ examples:
 Every command reads and writes the project folder (see docs/project-folder.md)."""
 
 
-def _csv_list(choices: Sequence[str]):
+def _csv_list(choices: Sequence[str], combine: bool = False):
     def parse(text: str) -> list[str]:
         items = [t.strip() for t in text.split(",") if t.strip()]
-        bad = [t for t in items if t not in choices]
+        bad = [t for t in items if not all(p in choices for p in (t.split("+") if combine else [t]))]
         if bad or not items:
             raise argparse.ArgumentTypeError(f"unknown value(s) {', '.join(bad) or repr(text)}; choose from {', '.join(choices)}")
         return items
@@ -111,8 +111,8 @@ def _map_args(p: argparse.ArgumentParser) -> None:
     _add_labels(p)
     p.add_argument("--device", choices=DEVICES, help="where features are computed (default auto)")
     p.add_argument("--engine", choices=ENGINES, help="reduction engine (default auto: cuml, torchdr on GPU, else cpu)")
-    p.add_argument("--method", choices=METHODS, help="reduction method (default umap)")
-    p.add_argument("--features", choices=FEATURE_SETS, help="feature set the map is made from (default timbre)")
+    p.add_argument("--method", choices=METHODS, help="reduction method (default tsne)")
+    p.add_argument("--features", choices=FEATURE_SETS, help="feature set the map is made from (default general)")
     _add_frames(p)
     _add_cluster(p, "run features, the placing of points beyond the fitted sample, and the rendering on a Dask cluster")
 
@@ -150,7 +150,8 @@ def _embed_args(p: argparse.ArgumentParser) -> None:
 
 def _grid_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("project", metavar="PROJECT")
-    p.add_argument("--features", type=_csv_list(FEATURE_SETS), help="feature sets to try (default: those computed)")
+    p.add_argument("--features", type=_csv_list(FEATURE_SETS, combine=True),
+                   help="feature sets to try, a+b for two side by side (default: those computed)")
     p.add_argument("--methods", type=_csv_list(METHODS), help="methods to try (default umap,tsne,pca)")
     p.add_argument("--rank-by", choices=RANK_BY, help="the score maps are ranked by (default knn_accuracy)")
     p.add_argument("--engine", choices=ENGINES, help="reduction engine (default auto)")

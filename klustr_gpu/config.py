@@ -1,20 +1,23 @@
 """One typed configuration object: every default of klustr_gpu lives here, once.
 
 A :class:`Config` is a tree of small dataclasses (``audio``, ``scan``, ``features``, ``stft``,
-``mfcc``, ``mir``, ``mel``, ``timbre``, ``reduce``, ``render``). It is written to ``PROJECT/klustr.toml``
-before any stage starts, so every run is reproducible and diffable.
+``mfcc``, ``mir``, ``mel``, ``timbre``, ``descriptors``, ``pitchfree``, ``envelope``, ``general``,
+``reduce``, ``render``, ``score``), plus ``decisions``: what automatic rules decided, and why.
+It is written to ``PROJECT/klustr.toml`` before any stage starts, so every run is reproducible
+and diffable.
 
 Two presets:
 
 ``default``
-    For general sample libraries: 22.05 kHz mono, 0.5 s clips (the attack, body and the
-    decay times the ``timbre`` set needs: measuring decays over 0.5 s or over 4 s gave the same
-    accuracy on the Hydrogen drums, and half a second decodes twice as fast), the ``timbre`` set (20 MFCCs of the
-    peak-relative log-mel spectrogram averaged over 0-20, 20-50, 50-100, 100-200 and 200-500 ms
-    after the start, plus log decay times to -10/-20/-40/-60 dB: attack, body and tail apart;
-    104 dims; on the Hydrogen drums 0.90 10-NN accuracy in feature space against 0.84 for the
-    ``mfcc`` set's whole-clip mean/std, which stays available), standardised, PCA to 32
-    components, then UMAP (n_neighbors 15, min_dist 0.1).
+    For any sample library: 22.05 kHz mono, 1 s clips, the ``general`` set and t-SNE
+    (perplexity 10) after standardising and PCA to 32 components. ``general`` is blocks of the
+    other sets chosen per library by a label-free rule (:mod:`klustr_gpu.features.auto`): a
+    library of hits (drums, percussion) gets ``timbre`` (onset-segment MFCCs and decay times)
+    + ``descriptors``; a library of sustained notes gets pitch-robust blocks (``descriptors``,
+    ``pitchfree``, ``envelope``), because the same instrument plays many pitches and MFCCs follow
+    the pitch; a library holding both, ``mixed``. Chosen on four labelled libraries
+    (``benchmarks/quality.py``, docs/configuration.md): the Hydrogen kits, the TimGM6mb drums
+    and notes, and the demo corpus.
 ``klustr``
     The 2017 settings: 48 kHz mono, 0.25 s clips, n_fft 1024 / hop 256 STFT fingerprint,
     30 MFCCs as a flattened grid, PCA to 14 components before UMAP with the correlation
@@ -36,7 +39,7 @@ from .errors import UsageError
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".aiff", ".aif", ".ogg", ".mp3")
 FFMPEG_EXTENSIONS = (".m4a", ".aac", ".opus", ".wma", ".mp4", ".webm")
-FEATURE_SETS = ("stft", "mfcc", "mir", "mel", "timbre")
+FEATURE_SETS = ("stft", "mfcc", "mir", "mel", "timbre", "descriptors", "pitchfree", "envelope", "general")
 
 # The choices of every enumerated option, defined here once: the config checks them, the
 # library refuses anything else, and the command line offers exactly these.
@@ -53,7 +56,7 @@ class AudioConfig:
     """How a file becomes a clip: ``(samples,)`` float32 at ``sample_rate``."""
 
     sample_rate: int = 22050
-    clip_seconds: float = 0.5
+    clip_seconds: float = 1.0
     normalize: bool = True          # peak-normalise each clip to 1.0
     silence_threshold: float = 1e-5  # peak below this = all-silent -> skipped
     max_channels: int = 8            # more channels than this -> skipped
@@ -71,7 +74,7 @@ class ScanConfig:
 
 @dataclass
 class FeatureConfig:
-    sets: list[str] = field(default_factory=lambda: ["timbre"])
+    sets: list[str] = field(default_factory=lambda: ["general"])
     device: str = "auto"
     batch_size: int = 256
     workers: int = 0                 # 0 = choose from the CPU count
@@ -130,10 +133,89 @@ class TimbreConfig:
     decay_hop: int = 256
 
 
+SEGMENTS = [0.0, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0]   # seconds from the clip's start, cut at its length
+
+
+@dataclass
+class DescriptorsConfig:
+    """Eight log-scale per-frame descriptors over onset segments (:class:`~klustr_gpu.features.transforms.Descriptors`)."""
+
+    n_fft: int = 1024
+    hop_length: int = 512            # 23 ms frames: as accurate as 256 on the four libraries, half the cost
+    segments: list[float] = field(default_factory=lambda: list(SEGMENTS))
+    floor_db: float = 80.0           # level: dB below the clip's loudest frame, floored here
+
+
+@dataclass
+class PitchFreeConfig:
+    """The spectrum's shape with the pitch factored out (:class:`~klustr_gpu.features.transforms.PitchFree`)."""
+
+    n_fft: int = 2048
+    hop_length: int = 1024
+    bins_per_octave: int = 24
+    fmin: float = 40.0
+    fmax: float = 10000.0
+    n_coeffs: int = 48
+    floor_db: float = 60.0
+
+
+@dataclass
+class EnvelopeConfig:
+    """The loudness envelope (:class:`~klustr_gpu.features.transforms.Envelope`)."""
+
+    frame: int = 1024
+    hop: int = 256
+    points: int = 12                 # envelope values at geometrically spaced frames
+    floor_db: float = 60.0
+    decay_drops: list[float] = field(default_factory=lambda: [10.0, 20.0, 40.0, 60.0])
+
+
+#: The blocks of the ``general`` set by profile (see :class:`GeneralConfig`).
+PROFILES = {
+    "hits": ["timbre", "descriptors"],                       # drums, percussion, one-shot effects
+    "sustained": ["descriptors", "pitchfree", "envelope"],   # notes of instruments, pads, drones
+    "mixed": ["segment_mfcc", "descriptors", "pitchfree", "envelope"],
+}
+GENERAL_PROFILES = ("auto", *PROFILES, "custom")
+
+
+@dataclass
+class GeneralConfig:
+    """The ``general`` set (the default): blocks side by side, chosen by ``profile``.
+
+    ``auto`` (default): the features stage samples the library and decides ``hits`` or
+    ``sustained`` by a label-free rule (:mod:`klustr_gpu.features.auto`), written to ``decided``
+    (and its reason to ``Config.decisions``) before any feature is computed; ``mixed`` when it
+    cannot decide. ``hits``, ``sustained``, ``mixed``: that profile's blocks
+    (:data:`PROFILES`). ``custom``: ``blocks``. Block settings: ``timbre`` from the
+    ``[timbre]`` section, ``descriptors``/``pitchfree``/``envelope`` from theirs, ``segment_mfcc``
+    (the first ``n_mfcc`` MFCCs averaged over the clip's onset segments) from the keys below.
+    """
+
+    profile: str = "auto"
+    decided: str = ""                # written by the features stage when profile = "auto"
+    blocks: list[str] = field(default_factory=lambda: list(PROFILES["mixed"]))   # profile = "custom"
+    n_mfcc: int = 8
+    n_mels: int = 64
+    n_fft: int = 1024
+    hop_length: int = 512            # the descriptors' STFT, computed once for both
+    floor_db: float = 60.0
+    segments: list[float] = field(default_factory=lambda: list(SEGMENTS))
+
+    def active_blocks(self) -> list[str]:
+        """The blocks the set computes: the profile's, the decided one's under ``auto`` (``mixed``
+        before anything was decided), or ``blocks`` under ``custom``."""
+        if self.profile == "custom":
+            return list(self.blocks)
+        if self.profile == "auto":
+            return list(PROFILES.get(self.decided, PROFILES["mixed"]))
+        return list(PROFILES[self.profile])
+
+
 @dataclass
 class ReduceConfig:
-    method: str = "umap"
-    features: str = "timbre"
+    method: str = "tsne"
+    features: str = "general"
     engine: str = "auto"
     standardize: bool = True
     pca_components: int = 32         # 0 = no PCA before t-SNE/UMAP
@@ -141,7 +223,7 @@ class ReduceConfig:
     n_neighbors: int = 15
     min_dist: float = 0.1
     metric: str = "euclidean"
-    perplexity: float = 30.0
+    perplexity: float = 10.0
     tsne_iterations: int = 500      # early exaggeration (a quarter, <= 250) included
     sample_threshold: int = 200_000  # above: fit on a sample, transform the rest
     sample_size: int = 100_000
@@ -187,9 +269,15 @@ class Config:
     mir: MIRConfig = field(default_factory=MIRConfig)
     mel: MelConfig = field(default_factory=MelConfig)
     timbre: TimbreConfig = field(default_factory=TimbreConfig)
+    descriptors: DescriptorsConfig = field(default_factory=DescriptorsConfig)
+    pitchfree: PitchFreeConfig = field(default_factory=PitchFreeConfig)
+    envelope: EnvelopeConfig = field(default_factory=EnvelopeConfig)
+    general: GeneralConfig = field(default_factory=GeneralConfig)
     reduce: ReduceConfig = field(default_factory=ReduceConfig)
     render: RenderConfig = field(default_factory=RenderConfig)
     score: ScoreConfig = field(default_factory=ScoreConfig)
+    #: what automatic rules decided and why, one line each (written by the stage that decided)
+    decisions: dict[str, str] = field(default_factory=dict)
 
     # -- construction -------------------------------------------------------------------
     @classmethod
@@ -233,6 +321,15 @@ class Config:
             raise UsageError("features.batch_size and features.shard_size must be >= 1")
         if self.features.window <= 0 or self.features.hop <= 0:
             raise UsageError("features.window and features.hop must be > 0 seconds")
+        g = self.general
+        if g.profile not in GENERAL_PROFILES:
+            raise UsageError(f"unknown general.profile {g.profile!r}; choose one of: {', '.join(GENERAL_PROFILES)}")
+        if g.decided not in ("", *PROFILES):
+            raise UsageError(f"general.decided must be empty or one of: {', '.join(PROFILES)}; got {g.decided!r}")
+        blocks = ("timbre", "segment_mfcc", "descriptors", "pitchfree", "envelope")
+        bad = [b for b in g.blocks if b not in blocks]
+        if bad or not g.blocks:
+            raise UsageError(f"general.blocks: unknown or none ({', '.join(bad) or 'empty'}); choose from: {', '.join(blocks)}")
 
     # -- persistence ----------------------------------------------------------------------
     def to_toml(self) -> str:

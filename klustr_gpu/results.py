@@ -209,10 +209,12 @@ class MapResult(Result):
     map_png: Path | None
     map_html: Path | None
     stages: dict[str, str] = field(default_factory=dict)
+    decisions: dict[str, str] = field(default_factory=dict)     # what automatic rules decided, and why
 
     def summary(self) -> str:
         lines = [f"files: {self.files}  ok: {self.ok}  skipped: {self.skipped}  labelled: {self.labelled}  "
-                 f"points: {self.points}", *_skip_lines(self.skipped_by_reason)]
+                 f"points: {self.points}", *_skip_lines(self.skipped_by_reason),
+                 *(f"{what}: {why}" for what, why in self.decisions.items())]
         total = sum(self.seconds.values())
         lines.append(f"time: {total:.1f} s")
         for stage, s in self.seconds.items():

@@ -9,7 +9,7 @@ import pandas as pd
 import soundfile as sf
 from PIL import Image
 
-from klustr_gpu import Project
+from klustr_gpu import Config, Project
 import klustr_gpu as kg
 
 
@@ -36,13 +36,14 @@ def test_map_command_on_demo_corpus(demo_library, tmp_path):
     assert abs(sum(float(line.split()[1]) for line in stages.values()) - total) < 0.1
     assert "210 files: 210 headers read" in stages["scan"] and "files/s" in stages["scan"]
     assert "210 clips computed, 0 reused, on cpu" in stages["features"]
-    assert "umap of 210 points" in stages["embed"] and "210 points" in stages["render"]
+    assert f"{Config().reduce.method} of 210 points" in stages["embed"] and "210 points" in stages["render"]
+    assert any(line.startswith("general: ") and "sampled clips" in line for line in lines)   # the rule's decision
     img = np.asarray(Image.open(proj / "map.png").convert("RGB"))
     assert img.shape[0] > 300 and img.shape[1] > 300
     assert len(np.unique(img.reshape(-1, 3), axis=0)) > 7          # seven class colours + background + legend
     emb, meta = Project(proj).read_embedding()
     assert len(emb) == 210 and emb.label.notna().all()
-    assert meta.get("method") == "umap"
+    assert meta.get("method") == Config().reduce.method
     # similar sounds land together: classes are groups on the map
     assert _knn_accuracy(emb) > 0.8
     toml = (proj / "klustr.toml").read_text()

@@ -38,7 +38,7 @@ def project(featured, tmp_path):
 
 
 def test_embed_umap_writes_the_map_with_labels_and_parameters(project):
-    df = embed(project, progress=False).frame
+    df = embed(project, method="umap", progress=False).frame      # the default method is t-SNE (issue 14)
     assert list(df.columns) == ["id", "file_id", "start", "x", "y", "label", "cluster"]
     # k-means of the features, the colours of an unlabelled map: 12 groups that follow the classes
     from sklearn.metrics import homogeneity_score

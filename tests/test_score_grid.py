@@ -134,3 +134,62 @@ def test_grid_arrays_without_labels_and_with_one_class():
     row = table.iloc[0]
     assert row["knn_accuracy"] == 1.0 and pd.isna(row["silhouette"]) and pd.isna(row["final_2017"])
     assert row["overlap_2017"] == pytest.approx(0.5)
+
+
+# -- issue 14: combinations and the default's own parameters ------------------------------------------
+def test_plan_holds_the_default_maps_parameters():
+    from klustr_gpu.config import ReduceConfig
+
+    sc = Config().score
+    default = ReduceConfig(perplexity=10.0, n_neighbors=12, min_dist=0.05)
+    runs = plan(["general"], ["umap", "tsne"], sc, default=default)
+    perps = [r.kwargs["perplexity"] for r in runs if r.method == "tsne"]
+    assert [r.kwargs.get("n_iter") for r in runs if r.method == "tsne"] == [None, 500, None, None, None]
+    pairs = [(r.kwargs["n_neighbors"], r.kwargs["min_dist"]) for r in runs if r.method == "umap"]
+    assert perps == sorted({*sc.perplexities, 10.0}) and (12, 0.05) in pairs and len(pairs) == 17
+    quick = plan(["general"], ["umap", "tsne"], sc, quick=True, default=default)
+    assert [r.kwargs for r in quick] == [{"n_neighbors": 12, "min_dist": 0.05}, {"perplexity": 10.0}]
+
+
+def test_combined_sets_are_checked():
+    from klustr_gpu.score.grid import check_sets, component_sets
+
+    assert component_sets("timbre+descriptors") == ["timbre", "descriptors"]
+    assert check_sets(["mfcc", "mfcc", " timbre + mir "]) == ["mfcc", "timbre+mir"]
+    for bad in ("mfcc+", "mfcc+nonsense", "+mir"):
+        with pytest.raises(UsageError):
+            check_sets([bad])
+
+
+def test_grid_on_a_combination_of_sets(scored_project, tmp_path):
+    """``mfcc+mir``: the two sets' columns side by side, on the rows both have."""
+    from klustr_gpu import compute_features
+    from klustr_gpu.features import load
+    from klustr_gpu.score.grid import combined_table
+
+    proj = tmp_path / "p"
+    shutil.copytree(scored_project[0], proj)
+    compute_features(proj, sets=["mfcc", "mir"], progress=False, workers=1)
+    table = grid(proj, features=["mfcc+mir"], methods=["pca"], progress=False).table
+    assert list(table["features"]) == ["mfcc+mir"] and table["knn_accuracy"].iloc[0] > 0.5
+    a, b = load(proj, "mfcc"), load(proj, "mir")
+    both = combined_table([a, b])
+    assert both.X.shape == (len(a), a.X.shape[1] + b.X.shape[1]) and both.name == "mfcc+mir"
+    less = type(b)(ids=b.ids[1:], file_ids=b.file_ids[1:], starts=b.starts[1:], X=b.X[1:], name="mir")
+    part = combined_table([a, less])                          # a row one set lacks is left out
+    assert list(part.ids) == list(a.ids[1:])
+    np.testing.assert_array_equal(part.X[:, a.X.shape[1]:], b.X[1:])
+    with pytest.raises(UsageError):
+        grid(proj, features=["mfcc+stft"], progress=False)     # stft not computed
+
+
+def test_cli_grid_takes_combinations_and_refuses_unknown_parts(capsys):
+    from klustr_gpu.cli import build_parser
+
+    args = build_parser().parse_args(["grid", "p", "--features", "mfcc+mir,timbre"])
+    assert args.features == ["mfcc+mir", "timbre"]
+    with pytest.raises(SystemExit) as exc:
+        build_parser().parse_args(["grid", "p", "--features", "mfcc+loud"])
+    assert exc.value.code == 2 and "mfcc+loud" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["features", "p", "--set", "mfcc+mir"])    # only the grid combines

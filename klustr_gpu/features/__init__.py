@@ -3,7 +3,9 @@
 Feature sets (see :mod:`klustr_gpu.features.transforms` for exact definitions):
 ``stft`` (the 2017 32x32 STFT fingerprint), ``mfcc`` (stats or grid, optional deltas),
 ``mir`` (8 per-frame descriptors, stats or z-scored grid), ``mel`` (log-mel grid),
-``timbre`` (onset-segment MFCCs + decay times; the default set).
+``timbre`` (onset-segment MFCCs + decay times), ``descriptors``, ``pitchfree``, ``envelope``
+and ``general`` (the default: blocks of those chosen by a label-free rule, see
+:mod:`klustr_gpu.features.auto`).
 
 The stage is :func:`klustr_gpu.compute_features`; ``load(project, "mfcc")`` reads a set back
 (a :class:`FeatureTable`). Modules, one job each: ``functional`` (pure batched maths),

@@ -15,23 +15,32 @@ Parity with librosa 0.11 (checked in ``tests/test_features_functional.py`` on re
   batch mates: that is why it is not used here).
 * :func:`delta` equals ``librosa.feature.delta(width=9, order=1, mode="interp")``.
 * :func:`rms` and :func:`zero_crossing_rate` equal ``librosa.feature.rms`` /
-  ``librosa.feature.zero_crossing_rate`` with ``center=True`` (constant / edge padding).
+  ``librosa.feature.zero_crossing_rate`` with ``center=True`` (constant / edge padding);
+  :func:`rms_from_power` equals ``librosa.feature.rms(S=...)`` on the same spectrogram.
 * :func:`spectral_centroid`, :func:`spectral_bandwidth` (p=2), :func:`spectral_rolloff`
   (0.85) and :func:`spectral_flatness` equal librosa's on the same magnitude spectrogram.
 * :func:`spectral_crest` (max / mean of the magnitude spectrum) and :func:`spectral_flux`
   (L2 norm of the frame-to-frame difference of the magnitude spectrum, 0 for the first frame)
   have no librosa counterpart; they are defined here and checked against NumPy.
+* :func:`segment_matrix`, :func:`log_frequency_fbank`, :func:`shift_invariant_spectrum`,
+  :func:`envelope_points` and :func:`decay_times` (the pieces of the ``descriptors``,
+  ``pitchfree``, ``envelope`` and ``general`` sets) have no librosa counterpart either; they are
+  checked against NumPy and on known-answer signals (a transposed harmonic tone, an
+  exponential decay).
 """
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
 
 __all__ = [
-    "power_spectrogram", "power_to_db", "amplitude_to_db", "delta", "rms", "zero_crossing_rate",
+    "power_spectrogram", "power_to_db", "amplitude_to_db", "delta", "rms", "rms_from_power", "zero_crossing_rate",
     "fft_frequencies", "spectral_centroid", "spectral_bandwidth", "spectral_rolloff",
     "spectral_flatness", "spectral_crest", "spectral_flux", "group_mean", "fit_length",
-    "minmax", "zscore", "summary_stats", "n_frames",
+    "minmax", "zscore", "summary_stats", "n_frames", "segment_matrix", "segment_edges",
+    "log_frequency_fbank", "shift_invariant_spectrum", "envelope_points", "decay_times", "db_relative",
 ]
 
 _TINY = 1e-12
@@ -116,6 +125,17 @@ def rms(y: torch.Tensor, *, frame_length: int = 2048, hop_length: int = 512) -> 
     return torch.sqrt(torch.clamp(_framed_sum(yp * yp, frame_length, hop_length, n), min=0) / frame_length)
 
 
+def rms_from_power(P: torch.Tensor, n_fft: int) -> torch.Tensor:
+    """RMS per frame from a power spectrogram ``|STFT|**2`` (windowed frames), as
+    ``librosa.feature.rms(S=sqrt(P), frame_length=n_fft)``: Parseval over the one-sided spectrum
+    (DC and, for even ``n_fft``, Nyquist counted once). (..., freq, frames) -> (..., frames).
+    Cheaper than :func:`rms` when the spectrogram is at hand (no pass over the samples)."""
+    total = 2.0 * P.sum(dim=-2) - P[..., 0, :]
+    if n_fft % 2 == 0:
+        total = total - P[..., -1, :]
+    return torch.sqrt(torch.clamp(total, min=0) / (n_fft * n_fft))
+
+
 def zero_crossing_rate(y: torch.Tensor, *, frame_length: int = 2048, hop_length: int = 512,
                        threshold: float = 1e-10) -> torch.Tensor:
     """Fraction of sign changes per centred frame (edge padding; |y| <= threshold counts as 0,
@@ -125,8 +145,11 @@ def zero_crossing_rate(y: torch.Tensor, *, frame_length: int = 2048, hop_length:
     y = torch.where(y.abs() <= threshold, torch.zeros_like(y), y)
     neg = torch.signbit(y)
     neg = torch.cat([neg[..., :1].expand(*neg.shape[:-1], p), neg, neg[..., -1:].expand(*neg.shape[:-1], p)], dim=-1)
-    change = (neg[..., 1:] != neg[..., :-1]).to(y.dtype)          # change[j]: between samples j and j+1
-    return _framed_sum(change, frame_length - 1, hop_length, n) / frame_length
+    change = neg[..., 1:] != neg[..., :-1]                         # change[j]: between samples j and j+1
+    c = F.pad(torch.cumsum(change, dim=-1, dtype=torch.int32), (1, 0))   # counts: exact in int32
+    starts = torch.arange(n, device=y.device) * hop_length
+    ends = torch.clamp(starts + frame_length - 1, max=c.shape[-1] - 1)
+    return (c[..., ends] - c[..., starts]).to(y.dtype) / frame_length
 
 
 def fft_frequencies(sample_rate: int, n_fft: int, *, dtype=torch.float32, device=None) -> torch.Tensor:
@@ -219,3 +242,101 @@ def summary_stats(x: torch.Tensor) -> torch.Tensor:
     """Mean then (population) std of each row over frames: (..., C, frames) -> (..., 2C)."""
     return torch.cat([x.mean(dim=-1), x.std(dim=-1, correction=0)], dim=-1)
 
+
+
+# -- time segments, envelopes, pitch-free spectra (the general-purpose sets) ------------------------
+def segment_edges(edges, seconds: float) -> tuple[float, ...]:
+    """``edges`` (increasing times, s) cut to a clip of ``seconds``: the edges below it, then
+    ``seconds`` itself, so the last segment always ends at the clip's end."""
+    kept = [float(e) for e in edges if float(e) < seconds - 1e-9]
+    if not kept or kept[0] > 0.0:
+        kept = [0.0, *kept]
+    return (*kept, float(seconds))
+
+
+def segment_matrix(n_frames: int, hop_length: int, sample_rate: int, edges, *,
+                   dtype=torch.float32) -> torch.Tensor:
+    """``(n_frames, n_segments)``: column ``i`` averages the frames whose time
+    ``k * hop / sr`` lies in ``[edges[i], edges[i + 1])`` (the last segment also takes the frames at
+    or after its end). A segment holding no frame takes its nearest frame, so every column
+    averages something. ``x @ M`` gives the segment means of ``x (..., n_frames)``."""
+    t = torch.arange(n_frames, dtype=torch.float64) * hop_length / sample_rate
+    cols = []
+    for i, (a, b) in enumerate(zip(edges[:-1], edges[1:])):
+        last = i == len(edges) - 2
+        m = ((t >= a) & ((t < b) | torch.tensor(last))).to(torch.float64)
+        if not m.any():
+            m = torch.zeros(n_frames, dtype=torch.float64)
+            m[int(torch.argmin((t - 0.5 * (a + b)).abs()))] = 1.0
+        cols.append(m / m.sum())
+    return torch.stack(cols, dim=1).to(dtype)
+
+
+def log_frequency_fbank(sample_rate: int, n_fft: int, *, bins_per_octave: int = 24, fmin: float = 40.0,
+                        fmax: float = 10000.0, dtype=torch.float32) -> torch.Tensor:
+    """``(1 + n_fft // 2, n_bands)`` triangular bands evenly spaced in log frequency
+    (``bins_per_octave`` per octave from ``fmin`` up to ``min(fmax, sr / 2)``), each normalised to
+    sum 1 (a band's value is a weighted mean of power). A band narrower than the FFT's bin
+    spacing is widened to it (below ``bins_per_octave * sr / n_fft`` Hz the bands overlap), so
+    no band is empty."""
+    fmax = min(float(fmax), sample_rate / 2.0)
+    if not 0 < fmin < fmax:
+        raise ValueError(f"log-frequency bands need 0 < fmin < fmax <= sr/2; got fmin={fmin}, fmax={fmax}")
+    f = torch.linspace(0.0, sample_rate / 2.0, 1 + n_fft // 2, dtype=torch.float64)
+    df = float(sample_rate) / n_fft
+    n = int(math.floor(math.log2(fmax / fmin) * bins_per_octave)) + 1
+    c = fmin * 2.0 ** (torch.arange(-1, n + 1, dtype=torch.float64) / bins_per_octave)
+    W = torch.zeros(len(f), n, dtype=torch.float64)
+    for i in range(n):
+        lo = min(float(c[i]), float(c[i + 1]) - df)
+        hi = max(float(c[i + 2]), float(c[i + 1]) + df)
+        ce = float(c[i + 1])
+        W[:, i] = torch.clamp(torch.minimum((f - lo) / (ce - lo), (hi - f) / (hi - ce)), min=0.0)
+    return (W / W.sum(dim=0, keepdim=True)).to(dtype)
+
+
+def db_relative(P: torch.Tensor, *, floor_db: float = 60.0, dims=(-2, -1), amin: float = 1e-10) -> torch.Tensor:
+    """``10 log10(P)`` relative to each item's maximum over ``dims``, floored ``floor_db`` below it
+    (so the level of a clip and its quiet tail do not matter): values in ``[-floor_db, 0]``."""
+    db = 10.0 * torch.log10(torch.clamp(P, min=amin))
+    return torch.clamp(db - db.amax(dim=dims, keepdim=True), min=-floor_db)
+
+
+def shift_invariant_spectrum(db: torch.Tensor, n_coeffs: int) -> torch.Tensor:
+    """Moduli of the Fourier transform of a log-frequency spectrum along frequency, coefficients
+    ``1 .. n_coeffs``: ``|rfft(db - mean(db))|[..., 1:n_coeffs + 1]``.
+
+    [shape=(..., bands)] -> (..., n_coeffs). A transposition moves a harmonic sound's pattern
+    along the log-frequency axis; the moduli do not change with that shift (up to the band
+    edges), so they describe the pattern (the spacing and relative strength of partials,
+    noisiness) and not the pitch."""
+    z = torch.fft.rfft(db - db.mean(dim=-1, keepdim=True), dim=-1)
+    out = z.abs()[..., 1:n_coeffs + 1]
+    if out.shape[-1] < n_coeffs:
+        out = fit_length(out, n_coeffs)
+    return out
+
+
+def envelope_points(db: torch.Tensor, n_points: int) -> torch.Tensor:
+    """An envelope (..., frames) sampled at ``n_points`` frames spaced geometrically from the
+    first to the last (dense at the attack, sparse in the tail): (..., n_points)."""
+    n = db.shape[-1]
+    idx = torch.round(torch.logspace(0.0, math.log10(max(n, 1)), n_points, dtype=torch.float64)).long() - 1
+    return db[..., torch.clamp(idx, 0, n - 1).to(db.device)]
+
+
+def decay_times(db: torch.Tensor, step: float, drops) -> torch.Tensor:
+    """Log decay times of an envelope in dB ``(..., frames)`` (frame spacing ``step`` s): for each
+    drop, ``log(t + 1e-3)`` of the time of the first frame at or after the peak more than ``drop``
+    dB below it; a drop never reached gives the last frame's time + 0.1 s. -> (..., len(drops))."""
+    db = db - db.amax(dim=-1, keepdim=True)
+    n = db.shape[-1]
+    frame = torch.arange(n, device=db.device)
+    after = frame >= db.argmax(dim=-1, keepdim=True)
+    cols = []
+    for drop in drops:
+        hit = (db < -float(drop)) & after
+        t = torch.argmax(hit.to(torch.uint8), dim=-1).to(db.dtype) * step
+        t = torch.where(hit.any(dim=-1), t, torch.full_like(t, (n - 1) * step + 0.1))
+        cols.append(torch.log(t + 1e-3))
+    return torch.stack(cols, dim=-1)

@@ -122,7 +122,10 @@ def frame_units(n_w: np.ndarray, per: int, shard_rows: int):
 
 
 def config_hash(cfg: Config, name: str, frames: bool) -> str:
-    h = cfg.section_hash("audio", name)
+    """The settings a set's rows depend on: ``audio``, its own section and, for ``general``, the
+    sections of the blocks it computes (a changed ``[timbre]`` recomputes a ``hits`` general set)."""
+    blocks = [b for b in cfg.general.active_blocks() if b != "segment_mfcc"] if name == "general" else []
+    h = cfg.section_hash("audio", name, *blocks)
     return f"{h}:w{cfg.features.window}:h{cfg.features.hop}" if frames else h
 
 

@@ -174,8 +174,8 @@ class Timbre(_Mel):
       ``20 log10(rms + 1e-9)``), over the whole clip; a drop never reached gives the clip's
       last frame time + 0.1 s. A clip zero-padded past the end of its file decays at the end.
 
-    Equals ``benchmarks/quality.py:segment_mfcc`` (librosa) without its duration column, with
-    the decay measured on the clip rather than on up to 4 s of the file.
+    Equals the librosa recipe in ``tests/test_features_timbre.py`` (which the earlier
+    ``benchmarks/quality.py`` also measured, with the file's duration and 4 s decays added).
     """
 
     def __init__(self, *, sample_rate: int, n_mfcc: int = 20, n_mels: int = 128, n_fft: int = 1024,
@@ -214,18 +214,7 @@ class Timbre(_Mel):
     def decay_times(self, y: torch.Tensor) -> torch.Tensor:
         """(batch, time) -> (batch, len(decay_drops)): log decay times (see the class doc)."""
         db = 20.0 * torch.log10(FX.rms(y, frame_length=self.decay_frame, hop_length=self.decay_hop) + 1e-9)
-        db = db - db.amax(dim=-1, keepdim=True)
-        n = db.shape[-1]
-        frame = torch.arange(n, device=y.device)
-        after = frame >= db.argmax(dim=-1, keepdim=True)
-        step = self.decay_hop / self.sample_rate
-        cols = []
-        for drop in self.decay_drops:
-            hit = (db < -drop) & after
-            t = torch.argmax(hit.to(torch.uint8), dim=-1).to(y.dtype) * step
-            t = torch.where(hit.any(dim=-1), t, torch.full_like(t, (n - 1) * step + 0.1))
-            cols.append(torch.log(t + 1e-3))
-        return torch.stack(cols, dim=-1)
+        return FX.decay_times(db, self.decay_hop / self.sample_rate, self.decay_drops)
 
     def forward(self, y: torch.Tensor, cache: dict | None = None) -> torch.Tensor:
         return torch.cat([self.segment_mfcc(y).flatten(-2), self.decay_times(y)], dim=-1)
@@ -236,6 +225,191 @@ class LogMel(_Mel):
 
     def forward(self, y: torch.Tensor, cache: dict | None = None) -> torch.Tensor:
         return self.log_mel(y, cache).flatten(-2)
+
+
+DESCRIPTORS = ("level", "centroid", "bandwidth", "crest", "flux", "rolloff", "flatness", "zcr")
+DEFAULT_SEGMENTS = (0.0, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
+
+
+class Descriptors(_Spectral):
+    """(batch, time) -> (batch, 8 * (n_segments + 1)): eight per-frame descriptors on log scales,
+    averaged over onset segments, then each one's standard deviation over the clip.
+
+    Per frame (``n_fft``/``hop_length`` STFT, centred): the RMS level of the windowed frame
+    (from its spectrum, :func:`~klustr_gpu.features.functional.rms_from_power`) in dB relative to
+    the clip's loudest frame (floored ``floor_db`` below it), ``log(1 + centroid)``,
+    ``log(1 + bandwidth)``, ``log(crest + 1e-3)``, ``log(flux + 1e-4)``, ``log(1 + rolloff)``
+    (Hz), ``log(flatness + 1e-8)`` and the zero-crossing rate: the shape of the spectrum and its
+    change, with pitch present only coarsely (centroid and roll-off move with it; the shape of
+    the partials does not decide them). Log scales make a ratio, not an absolute difference, what
+    counts: 100 Hz to 200 Hz weighs like 2 kHz to 4 kHz. Segments: ``segments`` (seconds from
+    the clip's start, cut at the clip's length: :func:`~klustr_gpu.features.functional.segment_edges`),
+    segment-major: ``(n_segments, 8)`` means, then the 8 standard deviations.
+    """
+
+    def __init__(self, *, sample_rate: int, n_samples: int, n_fft: int = 1024, hop_length: int = 256,
+                 segments: tuple[float, ...] = DEFAULT_SEGMENTS, floor_db: float = 80.0):
+        super().__init__(n_fft, hop_length)
+        self.n_samples, self.floor_db = int(n_samples), float(floor_db)
+        edges = FX.segment_edges(segments, self.n_samples / sample_rate)
+        self.register_buffer("freqs", FX.fft_frequencies(sample_rate, n_fft), persistent=False)
+        self.register_buffer("seg", FX.segment_matrix(FX.n_frames(self.n_samples, hop_length), hop_length,
+                                                      sample_rate, edges), persistent=False)
+
+    def frames(self, y: torch.Tensor, cache: dict | None = None) -> torch.Tensor:
+        """(batch, time) -> (batch, 8, frames) in the order of ``DESCRIPTORS``."""
+        P = self.power(y, cache)
+        S = self.magnitude(y, cache)
+        centroid = FX.spectral_centroid(S, self.freqs)
+        level = 20.0 * torch.log10(FX.rms_from_power(P, self.n_fft) + 1e-5)
+        level = torch.clamp(level - level.amax(dim=-1, keepdim=True), min=-self.floor_db)
+        rows = [
+            level,
+            torch.log1p(centroid),
+            torch.log1p(FX.spectral_bandwidth(S, self.freqs, centroid)),
+            torch.log(FX.spectral_crest(S) + 1e-3),
+            torch.log(FX.spectral_flux(S) + 1e-4),
+            torch.log1p(FX.spectral_rolloff(S, self.freqs)),
+            torch.log(FX.spectral_flatness(S, P=P) + 1e-8),
+            FX.zero_crossing_rate(y, frame_length=self.n_fft, hop_length=self.hop_length),
+        ]
+        return torch.stack(rows, dim=-2)
+
+    def forward(self, y: torch.Tensor, cache: dict | None = None) -> torch.Tensor:
+        y = FX.fit_length(y, self.n_samples)
+        d = self.frames(y, cache if y.shape[-1] == self.n_samples else None)
+        means = torch.matmul(d, self.seg).transpose(-1, -2).flatten(-2)          # segment-major
+        return torch.cat([means, d.std(dim=-1, correction=0)], dim=-1)
+
+
+class PitchFree(_Spectral):
+    """(batch, time) -> (batch, n_coeffs): the shape of the spectrum with the pitch factored out.
+
+    Each frame's power spectrum is pooled into log-frequency bands
+    (:func:`~klustr_gpu.features.functional.log_frequency_fbank`: ``bins_per_octave`` from
+    ``fmin`` to ``fmax``), taken in dB relative to the clip's peak (floored ``floor_db`` below),
+    and its pattern along frequency described by
+    :func:`~klustr_gpu.features.functional.shift_invariant_spectrum` (coefficients 1..n_coeffs):
+    transposing a note shifts that pattern and leaves the coefficients as they were. The
+    frames' coefficients are averaged weighted by each frame's power (the sound, not its silent
+    tail), then ``log(x + 1e-3)``.
+    """
+
+    def __init__(self, *, sample_rate: int, n_samples: int, n_fft: int = 2048, hop_length: int = 512,
+                 bins_per_octave: int = 24, fmin: float = 40.0, fmax: float = 10000.0, n_coeffs: int = 48,
+                 floor_db: float = 60.0):
+        super().__init__(n_fft, hop_length)
+        self.n_samples, self.n_coeffs, self.floor_db = int(n_samples), int(n_coeffs), float(floor_db)
+        self.register_buffer("fb", FX.log_frequency_fbank(sample_rate, n_fft, bins_per_octave=bins_per_octave,
+                                                          fmin=fmin, fmax=fmax), persistent=False)
+
+    def forward(self, y: torch.Tensor, cache: dict | None = None) -> torch.Tensor:
+        y = FX.fit_length(y, self.n_samples)
+        B = torch.matmul(self.power(y, cache if y.shape[-1] == self.n_samples else None).transpose(-1, -2),
+                         self.fb)                                                  # (..., frames, bands)
+        coeffs = FX.shift_invariant_spectrum(FX.db_relative(B, floor_db=self.floor_db), self.n_coeffs)
+        e = B.sum(dim=-1)
+        w = e / torch.clamp(e.sum(dim=-1, keepdim=True), min=1e-20)
+        return torch.log(torch.einsum("...tk,...t->...k", coeffs, w) + 1e-3)
+
+
+class Envelope(nn.Module):
+    """(batch, time) -> (batch, points + len(decay_drops) + 1): the loudness envelope.
+
+    The RMS level (``frame``/``hop`` samples, centred) in dB relative to the clip's loudest
+    frame, floored ``floor_db`` below it, at ``points`` frames spaced geometrically over the
+    clip (:func:`~klustr_gpu.features.functional.envelope_points`: dense at the attack); the log
+    decay times to ``decay_drops`` dB below the peak (measured before the floor)
+    (:func:`~klustr_gpu.features.functional.decay_times`); and ``log(t + 1e-3)`` of the time ``t``
+    (s) of the peak itself (the attack).
+    """
+
+    def __init__(self, *, sample_rate: int, n_samples: int, frame: int = 1024, hop: int = 256, points: int = 12,
+                 floor_db: float = 60.0, decay_drops: tuple[float, ...] = (10.0, 20.0, 40.0, 60.0)):
+        super().__init__()
+        self.sample_rate, self.n_samples = sample_rate, int(n_samples)
+        self.frame, self.hop, self.points, self.floor_db = frame, hop, int(points), float(floor_db)
+        self.decay_drops = tuple(float(d) for d in decay_drops)
+
+    def forward(self, y: torch.Tensor, cache: dict | None = None) -> torch.Tensor:
+        y = FX.fit_length(y, self.n_samples)
+        db = 20.0 * torch.log10(FX.rms(y, frame_length=self.frame, hop_length=self.hop) + 1e-9)
+        db = db - db.amax(dim=-1, keepdim=True)
+        step = self.hop / self.sample_rate
+        attack = torch.log(db.argmax(dim=-1).to(y.dtype) * step + 1e-3)
+        return torch.cat([FX.envelope_points(torch.clamp(db, min=-self.floor_db), self.points),
+                          FX.decay_times(db, step, self.decay_drops), attack[..., None]], dim=-1)
+
+
+class SegmentMFCC(_Mel):
+    """(batch, time) -> (batch, n_segments * n_mfcc): the first ``n_mfcc`` MFCCs (the coarse
+    spectral envelope: few coefficients follow the formants and tilt, not the partials of one
+    pitch) of the peak-relative log-mel spectrogram (floored ``floor_db`` below the clip's peak),
+    averaged over onset segments (seconds, cut at the clip's length), segment-major."""
+
+    def __init__(self, *, sample_rate: int, n_samples: int, n_mfcc: int = 8, n_mels: int = 64, n_fft: int = 1024,
+                 hop_length: int = 256, floor_db: float = 60.0, segments: tuple[float, ...] = DEFAULT_SEGMENTS):
+        super().__init__(sample_rate=sample_rate, n_mels=n_mels, n_fft=n_fft, hop_length=hop_length)
+        self.n_samples, self.floor_db = int(n_samples), float(floor_db)
+        edges = FX.segment_edges(segments, self.n_samples / sample_rate)
+        self.register_buffer("seg", FX.segment_matrix(FX.n_frames(self.n_samples, hop_length), hop_length,
+                                                      sample_rate, edges), persistent=False)
+        self.register_buffer("dct", torchaudio.functional.create_dct(n_mfcc, n_mels, "ortho"), persistent=False)
+
+    def forward(self, y: torch.Tensor, cache: dict | None = None) -> torch.Tensor:
+        y = FX.fit_length(y, self.n_samples)
+        P = self.power(y, cache if y.shape[-1] == self.n_samples else None)
+        mel = torch.matmul(P.transpose(-1, -2), self.fb)                          # (..., frames, n_mels)
+        c = torch.matmul(FX.db_relative(mel + 1e-10, floor_db=self.floor_db), self.dct)
+        return torch.matmul(self.seg.transpose(0, 1), c).flatten(-2)
+
+
+class Blocks(nn.Module):
+    """(batch, time) -> (batch, sum of dims): several sets side by side on the clip cut or
+    zero-padded to ``n_samples``, one STFT cache shared."""
+
+    def __init__(self, blocks: dict[str, nn.Module], n_samples: int):
+        super().__init__()
+        self.blocks = nn.ModuleDict(blocks)
+        self.n_samples = int(n_samples)
+
+    def forward(self, y: torch.Tensor, cache: dict | None = None) -> torch.Tensor:
+        if y.shape[-1] != self.n_samples:
+            y, cache = FX.fit_length(y, self.n_samples), None
+        cache = {} if cache is None else cache
+        return torch.cat([m(y, cache) for m in self.blocks.values()], dim=-1)
+
+
+def analysis_samples(cfg: Config) -> int:
+    """Samples per analysed clip: the clip length, or the window in frame mode."""
+    seconds = cfg.features.window if cfg.features.frames else cfg.audio.clip_seconds
+    return int(round(seconds * cfg.audio.sample_rate))
+
+
+def _general_block(name: str, cfg: Config, n: int) -> nn.Module:
+    sr = cfg.audio.sample_rate
+    if name == "timbre":
+        return build("timbre", cfg)
+    if name == "segment_mfcc":
+        g = cfg.general
+        return SegmentMFCC(sample_rate=sr, n_samples=n, n_mfcc=g.n_mfcc, n_mels=g.n_mels, n_fft=g.n_fft,
+                           hop_length=g.hop_length, floor_db=g.floor_db, segments=tuple(g.segments))
+    if name == "descriptors":
+        c = cfg.descriptors
+        return Descriptors(sample_rate=sr, n_samples=n, n_fft=c.n_fft, hop_length=c.hop_length,
+                           segments=tuple(c.segments), floor_db=c.floor_db)
+    if name == "pitchfree":
+        c = cfg.pitchfree
+        return PitchFree(sample_rate=sr, n_samples=n, n_fft=c.n_fft, hop_length=c.hop_length, bins_per_octave=c.bins_per_octave,
+                         fmin=c.fmin, fmax=c.fmax, n_coeffs=c.n_coeffs, floor_db=c.floor_db)
+    if name == "envelope":
+        c = cfg.envelope
+        return Envelope(sample_rate=sr, n_samples=n, frame=c.frame, hop=c.hop, points=c.points,
+                        floor_db=c.floor_db, decay_drops=tuple(c.decay_drops))
+    raise ValueError(f"unknown block {name!r} of the general set; choose from: {', '.join(GENERAL_BLOCKS)}")
+
+
+GENERAL_BLOCKS = ("timbre", "segment_mfcc", "descriptors", "pitchfree", "envelope")
 
 
 def build(name: str, cfg: Config) -> nn.Module:
@@ -259,6 +433,11 @@ def build(name: str, cfg: Config) -> nn.Module:
     elif name == "mel":
         c = cfg.mel
         m = LogMel(sample_rate=sr, n_mels=c.n_mels, n_fft=c.n_fft, hop_length=c.hop_length)
+    elif name in ("descriptors", "pitchfree", "envelope"):
+        m = _general_block(name, cfg, analysis_samples(cfg))
+    elif name == "general":
+        n = analysis_samples(cfg)
+        m = Blocks({b: _general_block(b, cfg, n) for b in cfg.general.active_blocks()}, n)
     else:
         raise ValueError(f"unknown feature set {name!r}")
     return m.eval()

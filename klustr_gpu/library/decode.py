@@ -3,7 +3,16 @@
 ``decode(path, audio, offset=0.0, seconds=None)``: reads only the frames it needs (never the
 whole of a long file), downmixes to mono, resamples with libsoxr, trims or zero-pads to the
 clip length and optionally peak-normalises. A file that cannot be used raises
-:class:`~klustr_gpu.errors.SkipFile` with a readable reason.
+:class:`~klustr_gpu.errors.SkipFile` with a readable reason; :func:`reason_kind` groups those
+reasons by kind for summaries.
+
+Short audio is audio. A file shorter than one analysis frame (``CYCLE_MAX_SECONDS``) whose
+second half is about as loud as its first (:func:`is_single_cycle`: a wavetable's single-cycle
+waveform, made to be looped) is looped at its own rate, before resampling, to the clip length:
+it is described as the tone it plays. Any other short file (a click: it decays) is zero-padded
+like every clip. Looping won on the measurements: 140 single-cycle waveforms of 7 shapes,
+77-406 samples at 44.1 kHz, mapped by shape with the ``general`` set: 10-NN accuracy of the
+t-SNE map 0.936 looped against 0.848 zero-padded (docs/features.md).
 """
 from __future__ import annotations
 
@@ -19,9 +28,11 @@ import soundfile as sf
 from ..config import AudioConfig
 from ..errors import SkipFile
 
-#: Shortest usable input, in samples at the project rate (one 1024-point FFT frame would
-#: need padding to be meaningful; below this there is no sound to describe).
-MIN_SAMPLES = 256
+#: A file shorter than this (seconds; 1024 samples at 22.05 kHz, one analysis frame) that does
+#: not decay is a single-cycle waveform and is looped (:func:`is_single_cycle`).
+CYCLE_MAX_SECONDS = 1024 / 22050
+#: ... does not decay: the RMS of its second half is at least this fraction of its first half's.
+CYCLE_MIN_LEVEL = 0.5
 
 
 def _open_error_reason(exc: Exception, path: Path) -> str:
@@ -135,8 +146,38 @@ def check_header(info, audio: AudioConfig) -> None:
         raise SkipFile(f"sample rate {info.samplerate} Hz outside {audio.min_sample_rate}-{audio.max_sample_rate} Hz")
     if info.frames <= 0:
         raise SkipFile("no audio frames")
-    if info.frames * audio.sample_rate / info.samplerate < MIN_SAMPLES:
-        raise SkipFile(f"too short ({info.frames} frames; shorter than one analysis frame)")
+
+
+def is_single_cycle(x: np.ndarray, sample_rate: int) -> bool:
+    """Whether mono ``x`` (at ``sample_rate``) is a single-cycle waveform to loop: shorter than
+    ``CYCLE_MAX_SECONDS`` and not decaying (second half's RMS >= ``CYCLE_MIN_LEVEL`` x the
+    first half's; a one-sample file counts as a cycle)."""
+    n = x.shape[0]
+    if n == 0 or n >= CYCLE_MAX_SECONDS * sample_rate:
+        return False
+    if n < 2:
+        return True
+    h = n // 2
+    first = float(np.sqrt(np.mean(np.square(x[:h], dtype=np.float64))))
+    second = float(np.sqrt(np.mean(np.square(x[h:], dtype=np.float64))))
+    return first > 0 and second >= CYCLE_MIN_LEVEL * first
+
+
+_KINDS = ((re.compile(r"^\d+ channels"), "too many channels"),
+          (re.compile(r"^sample rate .* outside"), "sample rate out of range"),
+          (re.compile(r"^decode timed out"), "decode timed out"))
+
+
+def reason_kind(reason: str) -> str:
+    """The kind of a skip reason, for summaries: the reason without its particulars
+    (``"truncated: header declares 4096 bytes ..."`` -> ``"truncated"``, ``"2 channels (at most
+    1 supported)"`` -> ``"too many channels"``); numbers left in it become ``N``."""
+    text = str(reason or "unknown").strip() or "unknown"
+    for pattern, kind in _KINDS:
+        if pattern.match(text):
+            return kind
+    head = re.split(r":|\s\(", text, maxsplit=1)[0].strip() or text
+    return re.sub(r"\d+(\.\d+)?", "N", head)
 
 
 def decode(
@@ -162,7 +203,7 @@ def decode(
     fd = open_checked(path, expect)
     try:
         with sf.SoundFile(fd, closefd=False) as fh:
-            sr = fh.samplerate
+            sr, total = fh.samplerate, fh.frames
             info_like = type("I", (), {"channels": fh.channels, "samplerate": sr, "frames": fh.frames})
             check_header(info_like, audio)
             start = int(round(offset * sr))
@@ -187,9 +228,9 @@ def decode(
         mono = (data[:, 0] + data[:, 1]) * np.float32(0.5)
     else:
         mono = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
+    if strict and not start and mono.shape[0] == total and is_single_cycle(mono, sr):
+        mono = np.tile(mono, -(-want // mono.shape[0]))[:want]          # loop the cycle at its own rate
     mono = resample(mono, sr, audio.sample_rate)
-    if mono.shape[0] < MIN_SAMPLES and strict:
-        raise SkipFile(f"too short ({mono.shape[0]} samples at {audio.sample_rate} Hz)")
     mono = mono[:n_out]
     peak = float(np.max(np.abs(mono))) if mono.size else 0.0
     if peak < audio.silence_threshold and strict:

@@ -4,6 +4,11 @@ For each feature set the features are preprocessed once per preprocessing (stand
 PCA to ``reduce.pca_components`` before UMAP, and before t-SNE when ``reduce.pca_before_tsne``),
 one neighbour graph with the largest k any run needs is computed once per preprocessing and
 sliced for every run (UMAP ``n_neighbors``, t-SNE ``3 x perplexity``). One progress bar runs over the whole grid.
+
+A feature set may be a combination of computed sets, ``"timbre+descriptors"``: their columns
+side by side (rows every part has), standardised together like one set. The plan always holds
+the default map's own parameters (``reduce.perplexity``; ``reduce.n_neighbors`` and
+``reduce.min_dist``), so the grid's best map is at least the default's.
 """
 from __future__ import annotations
 
@@ -20,7 +25,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from ..config import FEATURE_SETS, METHODS, Config, ScoreConfig
+from ..config import FEATURE_SETS, METHODS, Config, ReduceConfig, ScoreConfig
 from ..errors import KlustrError, UsageError
 from ..library.labels import manifest_labels
 from ..results import GridResult
@@ -70,18 +75,31 @@ def _fmt(v: Any) -> str:
     return f"{v:g}" if isinstance(v, float) else str(v)
 
 
-def plan(features: list[str], methods: list[str], sc: ScoreConfig, *, quick: bool = False) -> list[Run]:
-    """The runs of the grid, in order (feature set, method, parameters)."""
-    perps = QUICK["perplexities"] if quick else sc.perplexities
-    nns = QUICK["n_neighbors"] if quick else sc.n_neighbors
-    mds = QUICK["min_dists"] if quick else sc.min_dists
+def plan(features: list[str], methods: list[str], sc: ScoreConfig, *, quick: bool = False,
+         default: ReduceConfig | None = None) -> list[Run]:
+    """The runs of the grid, in order (feature set, method, parameters); with ``default`` (the
+    config's reduction), its perplexity (with its own iterations, so the run is the default
+    map) and its UMAP pair are added where missing (``quick``: they replace the quick plan's)."""
+    perps = [float(p) for p in (QUICK["perplexities"] if quick else sc.perplexities)]
+    pairs = [(int(nn), float(md)) for nn in (QUICK["n_neighbors"] if quick else sc.n_neighbors)
+             for md in (QUICK["min_dists"] if quick else sc.min_dists)]
+    own: float | None = None                     # the default's perplexity, run as the default runs it
+    if default is not None and quick:            # a first look: the default's own t-SNE and UMAP
+        perps, pairs = [float(default.perplexity)], [(int(default.n_neighbors), float(default.min_dist))]
+    elif default is not None:
+        if float(default.perplexity) not in perps:
+            own = float(default.perplexity)
+            perps = sorted({*perps, own})
+        if (int(default.n_neighbors), float(default.min_dist)) not in pairs:
+            pairs.append((int(default.n_neighbors), float(default.min_dist)))
     runs: list[Run] = []
     for fs in features:
         for method in methods:
             if method == "umap":
-                runs += [Run(fs, "umap", (("n_neighbors", int(nn)), ("min_dist", float(md)))) for nn in nns for md in mds]
+                runs += [Run(fs, "umap", (("n_neighbors", nn), ("min_dist", md))) for nn, md in pairs]
             elif method == "tsne":
-                runs += [Run(fs, "tsne", (("perplexity", float(p)),)) for p in perps]
+                runs += [Run(fs, "tsne", (("perplexity", p),) + ((("n_iter", int(default.tsne_iterations)),)
+                                                               if p == own else ())) for p in perps]
             elif method == "pca":
                 runs.append(Run(fs, "pca"))
     return runs
@@ -92,6 +110,56 @@ def _check(names: list[str], known: tuple[str, ...], what: str) -> list[str]:
         if n not in known:
             raise UsageError(f"unknown {what} {n!r}; choose from: {', '.join(known)}", param=what)
     return list(dict.fromkeys(names))
+
+
+def component_sets(name: str) -> list[str]:
+    """The computed sets a grid feature set is made of: ``"timbre+descriptors"`` ->
+    ``["timbre", "descriptors"]``; checked against ``FEATURE_SETS``."""
+    parts = [p.strip() for p in str(name).split("+")]
+    if not all(parts):
+        raise UsageError(f"feature set {name!r}: give sets joined by '+', e.g. timbre+descriptors")
+    return _check(parts, FEATURE_SETS, "features")
+
+
+def check_sets(names: list[str]) -> list[str]:
+    """Grid feature sets (single or ``a+b`` combinations), checked, duplicates dropped."""
+    out = []
+    for n in names:
+        out.append("+".join(component_sets(n)))
+    return list(dict.fromkeys(out))
+
+
+#: What the benchmark's grid covers besides the default set: the previous default (``timbre``),
+#: and the ``general`` set's hits and sustained profiles as combinations of computed sets.
+COVERAGE = ("timbre", "timbre+descriptors", "descriptors+pitchfree+envelope")
+
+
+def default_grid_sets(cfg: Config) -> list[str]:
+    """The default map's set, then :data:`COVERAGE` (what ``benchmarks/quality.py`` grids over),
+    less a combination that is exactly the default ``general`` set's blocks (the same map twice)."""
+    same = "+".join(cfg.general.active_blocks()) if cfg.reduce.features == "general" else None
+    return check_sets([cfg.reduce.features, *(s for s in COVERAGE if s != same)])
+
+
+def combined_table(tables: list):
+    """Feature tables of one project side by side: the rows every table has (in the first
+    table's order), columns concatenated. -> an object with ids, file_ids, starts, X, name."""
+    from types import SimpleNamespace
+
+    if len(tables) == 1:
+        return tables[0]
+    first = tables[0]
+    ids = pd.Index(np.asarray(first.ids).astype(str))
+    keep = np.ones(len(ids), dtype=bool)
+    pos = []
+    for t in tables:
+        p = pd.Index(np.asarray(t.ids).astype(str)).get_indexer(ids)
+        keep &= p >= 0
+        pos.append(p)
+    X = np.concatenate([np.asarray(t.X)[p[keep]] for t, p in zip(tables, pos)], axis=1)
+    return SimpleNamespace(ids=np.asarray(first.ids)[keep], file_ids=np.asarray(first.file_ids)[keep],
+                           starts=np.asarray(first.starts)[keep], X=np.ascontiguousarray(X, dtype=np.float32),
+                           name="+".join(t.name for t in tables))
 
 
 def _computed_sets(proj: Project) -> list[str]:
@@ -161,7 +229,7 @@ def _fit(run: Run, prep: _Prepared, cfg: Config, sc: ScoreConfig, engine: str, q
         params["metric"] = cfg.reduce.metric
     if run.method == "tsne":
         params["perplexity"] = min(params["perplexity"], max(1.0, (n - 1) / 3.0))
-        params["n_iter"] = QUICK["tsne_iterations"] if quick else sc.tsne_iterations
+        params.setdefault("n_iter", QUICK["tsne_iterations"] if quick else sc.tsne_iterations)
     if run.method != "pca":
         params.update(sample_threshold=cfg.reduce.sample_threshold, sample_size=cfg.reduce.sample_size)
     knn = prep.knn.get(pc) if run.method != "pca" else None   # the shared graph; the reducer slices it
@@ -210,9 +278,10 @@ def _validated(cfg: Config, engine: str, rank_by: str | None, methods: list[str]
 def check_grid(proj: Project, cfg: Config, features: list[str] | None) -> tuple[str, list[str], list[str]]:
     """``(engine, feature sets, methods)`` of a grid, checked before any work: the engine
     (``reduce.engine``) resolved, the methods (``score.methods``) known, the feature sets
-    (default: every set computed in the project) known and computed."""
+    (default: every set computed in the project; ``a+b`` for computed sets side by side) known
+    and computed."""
     engine, _, methods = _validated(cfg, cfg.reduce.engine, None, None)
-    sets = _check(list(features) if features else _computed_sets(proj), FEATURE_SETS, "features")
+    sets = check_sets(list(features) if features else _computed_sets(proj))
     if not sets:
         raise UsageError(f"{proj.path} has no features yet; run compute_features({str(proj.path)!r}) first")
     return engine, sets, methods
@@ -224,15 +293,20 @@ def run_grid(proj: Project, cfg: Config, *, sets: list[str], methods: list[str],
 
     Writes ``embeddings/<run>.parquet`` per run, ``scores.json``, ``report.md``, ``grid.png``,
     and makes the best map the default. ``engine`` is resolved and ``sets`` / ``methods``
-    checked (:func:`check_grid`); the caller holds the project's lock.
+    checked (:func:`check_grid`); the caller holds the project's lock. The plan holds the
+    default map's own parameters (``cfg.reduce``).
     """
-    runs = plan(sets, methods, cfg.score, quick=quick)
+    runs = plan(sets, methods, cfg.score, quick=quick, default=cfg.reduce)
     by_file = manifest_labels(proj)
-    tables = {}
+    tables, loaded = {}, {}
     for fs in sets:
-        tables[fs] = load_feature_matrix(proj, fs)
-        if tables[fs] is None:
-            raise UsageError(f"{proj.path} has no features {fs!r}; run compute_features({str(proj.path)!r}, sets=[{fs!r}])")
+        for part in component_sets(fs):
+            if part not in loaded:
+                loaded[part] = load_feature_matrix(proj, part)
+            if loaded[part] is None:
+                raise UsageError(f"{proj.path} has no features {part!r}; "
+                                 f"run compute_features({str(proj.path)!r}, sets=[{part!r}])")
+        tables[fs] = combined_table([loaded[p] for p in component_sets(fs)])
 
     def write(run: Run, prep: _Prepared, Z: np.ndarray, meta: dict[str, Any]) -> None:
         _write_map(proj, run, prep, Z, meta)
@@ -296,7 +370,7 @@ def grid_arrays(X: np.ndarray, labels=None, *, name: str = "features", config: C
     labels = np.full(n, None, dtype=object) if labels is None else np.asarray(labels, dtype=object)
     ids = np.array([str(i) for i in range(n)], dtype=object)
     table = SimpleNamespace(ids=ids, file_ids=ids, starts=np.zeros(n), X=X, name=name)
-    runs = plan([name], methods, cfg.score, quick=quick)
+    runs = plan([name], methods, cfg.score, quick=quick, default=cfg.reduce)
     maps: dict[str, np.ndarray] = {}
 
     def keep(run: Run, prep: _Prepared, Z: np.ndarray, meta: dict[str, Any]) -> None:
