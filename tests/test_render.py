@@ -348,3 +348,30 @@ def test_make_app_and_cluster_colouring(project):
     img = np.asarray(Image.open(out.png).convert("RGB")).astype(int)
     for colour in load_map(project, by="cluster").color_key.values():
         assert (np.abs(img - np.array(_rgb(colour))).sum(axis=2) < 40).sum() > 10
+
+
+@pytest.mark.parametrize("n, max_px", [(40, 6), (400, 4), (4000, 3), (60000, 2), (4000, 0)])
+def test_dynspread_equals_datashaders_pixel_for_pixel(n, max_px):
+    """render.spread.dynspread (cached on disk) draws what datashader's dynspread draws, on
+    shaded maps from sparse to dense (every spreading radius taken), overlapping colours and
+    alphas included; datashader is still what aggregates, so only the spreading is ours."""
+    import datashader as ds
+    import datashader.transfer_functions as tf
+
+    from klustr_gpu.render.spread import dynspread, spread_radius
+    from klustr_gpu.render.static import shade_categorical
+
+    rng = np.random.default_rng(n)
+    pts = pd.DataFrame({"x": rng.normal(size=n), "y": rng.normal(size=n) * 0.6,
+                        "c": pd.Categorical(rng.choice(["a", "b", "c"], size=n))})
+    agg = ds.Canvas(plot_width=300, plot_height=200).points(pts, "x", "y", ds.count_cat("c"))
+    img = shade_categorical(agg, {"a": "#1f77b4", "b": "#d62728", "c": "#2ca02c"})
+    radii = set()
+    for threshold in (0.3, 0.5, 0.9):
+        ours = dynspread(img.data, threshold=threshold, max_px=max_px)
+        theirs = tf.dynspread(img, threshold=threshold, max_px=max_px).data
+        np.testing.assert_array_equal(ours, theirs)
+        radii.add(spread_radius(np.asarray(img.data), threshold=threshold, max_px=max_px))
+    assert max(radii) <= max_px
+    if n <= 400 and max_px:
+        assert max(radii) >= 1                   # sparse maps are spread, so spreading is compared

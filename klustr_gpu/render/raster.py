@@ -8,7 +8,7 @@ the points accumulates, per pixel, the count and the integer sums of the categor
 listing each pixel a point falls on; a second pass over those pixels only turns the sums into
 the count-weighted mean colour (exactly ``shade_categorical``'s mix, the sums being exact) and
 the counts into :func:`.static.equalised_alpha` (which looks at non-empty pixels only);
-datashader's ``dynspread`` follows as in ``static.shade``. The picture is the same (tested pixel for pixel);
+datashader's ``dynspread`` follows as in ``static.shade`` (:func:`.spread.dynspread`). The picture is the same (tested pixel for pixel);
 at 1,000,000 points it takes half the time (29 against 54 ms at 1020x884, 74 against 147 ms
 at 2040x1768, measured in one process under load 7), and a fraction of the memory traffic.
 """
@@ -163,8 +163,7 @@ class Raster:
                 min_alpha: int = 170) -> np.ndarray:
         """RGBA ``[height, width, 4]`` uint8, **top row first**, of the points in the range:
         what ``static.shade(..., max_px=max_px)`` draws (its image flipped to top-first)."""
-        import datashader.transfer_functions as tf
-
+        from .spread import dynspread
         from .static import equalised_alpha
 
         w, h = int(width), int(height)
@@ -173,9 +172,7 @@ class Raster:
         out = np.zeros((h * w, 4), dtype=np.uint8)
         out[touched] = colour
         if max_px > 0 and len(self.x):
-            img = tf.Image(out.view(np.uint32).reshape(h, w), dims=["y", "x"],
-                           coords={"y": np.arange(h), "x": np.arange(w)})
-            out = np.asarray(tf.dynspread(img, threshold=0.9, max_px=max_px).data).view(np.uint8)
+            out = dynspread(out.view(np.uint32).reshape(h, w), threshold=0.9, max_px=max_px).view(np.uint8)
         return np.ascontiguousarray(out.reshape(h, w, 4)[::-1])
 
     def _mixed(self, x_range, y_range, w: int, h: int):

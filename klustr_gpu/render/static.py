@@ -22,6 +22,7 @@ import numpy as np
 from ..store import Project, atomic_write_bytes, atomic_write_text
 from .data import UNLABELLED, MapData, audio_urls_relative
 from .security import audio_type
+from .spread import dynspread
 
 log = logging.getLogger(__name__)
 
@@ -46,12 +47,11 @@ def aggregate(points, *, by: str, width: int, height: int, x_range: tuple[float,
 
 
 def shade_aggregate(agg, color_key: dict[str, str], *, px: int):
-    """:func:`shade_categorical` then ``dynspread`` up to ``px`` pixels."""
-    import datashader.transfer_functions as tf
-
+    """:func:`shade_categorical` then datashader's ``dynspread`` up to ``px`` pixels (as
+    :func:`.spread.dynspread`, which compiles once per machine, not once per process)."""
     img = shade_categorical(agg, color_key)
     if px > 0:
-        img = tf.dynspread(img, threshold=0.9, max_px=px)
+        img = img.copy(data=dynspread(img.data, threshold=0.9, max_px=px))
     return img
 
 
