@@ -57,17 +57,22 @@ def _wait(fn, timeout: float, what: str, interval: float = 0.1):
     pytest.fail(f"timed out after {timeout} s waiting for {what}")
 
 
-def _pick_isolated(x, y, visible, to_px, min_px: float = 18.0) -> int:
-    """A visible point near the frame's centre whose nearest neighbour is >= min_px away."""
-    px, py = to_px(x, y)
-    cand = np.flatnonzero(visible)
-    order = cand[np.argsort(np.hypot(px[cand] - np.median(px[cand]), py[cand] - np.median(py[cand])))]
-    for i in order:
+def first_isolated(px, py, candidates, min_px: float) -> int:
+    """The first of ``candidates`` whose nearest other point is >= min_px away (in pixels)."""
+    for i in candidates:
         d = np.hypot(px - px[i], py - py[i])
         d[i] = np.inf
         if d.min() >= min_px:
             return int(i)
     pytest.fail("no isolated point in view")
+
+
+def _pick_isolated(x, y, visible, to_px, min_px: float = 18.0) -> int:
+    """A visible point near the frame's centre whose nearest neighbour is >= min_px away."""
+    px, py = to_px(x, y)
+    cand = np.flatnonzero(visible)
+    order = cand[np.argsort(np.hypot(px[cand] - np.median(px[cand]), py[cand] - np.median(py[cand])))]
+    return first_isolated(px, py, order, min_px)
 
 
 @pytest.fixture(scope="module")

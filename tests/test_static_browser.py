@@ -16,7 +16,7 @@ import pytest
 
 from klustr_gpu.store import Project
 from test_render import write_fake_embedding
-from test_browser import browser  # noqa: F401  (the suite's headless Chromium)
+from test_browser import browser, first_isolated  # noqa: F401  (browser: the suite's headless Chromium)
 from test_serve import audio_path, free_port, http_get, running_server
 
 pytestmark = pytest.mark.browser
@@ -45,15 +45,6 @@ def _answers(port: int) -> bool:
         return http_get(port, "/index.html")[0] == 200
     except OSError:
         return False
-
-
-def _isolated(px, py, candidates, min_px: float = 10.0) -> int:
-    for i in candidates:
-        d = np.hypot(px - px[i], py - py[i])
-        d[i] = np.inf
-        if d.min() >= min_px:
-            return int(i)
-    pytest.fail("no isolated point")
 
 
 def test_map_html_marks_files_the_browser_cannot_play(browser, project):
@@ -86,7 +77,7 @@ def test_map_html_marks_files_the_browser_cannot_play(browser, project):
     x, y = emb["x"].to_numpy(), emb["y"].to_numpy()
     px, py = box["x"] + (x - cx) * s + box["width"] / 2, box["y"] + box["height"] / 2 - (y - cy) * s
     # pixels of a hollow (unplayable) point: its centre is background, its outline its colour
-    i = _isolated(px, py, np.flatnonzero(aiff))
+    i = first_isolated(px, py, np.flatnonzero(aiff), 10.0)
     name = os.path.basename(paths.iloc[i])
     page.mouse.move(px[i], py[i])
     tip = _wait(lambda: (t := page.locator("#tip").text_content() or "") and name in t and t, 10, "the hover tip")
@@ -97,7 +88,7 @@ def test_map_html_marks_files_the_browser_cannot_play(browser, project):
     assert now.startswith(name) and "cannot play here: AIFF" in now
     assert page.locator("#player").evaluate("a => a.paused && !a.getAttribute('src')")
     # a WAV point plays
-    j = _isolated(px, py, np.flatnonzero(paths.str.endswith(".wav").to_numpy()))
+    j = first_isolated(px, py, np.flatnonzero(paths.str.endswith(".wav").to_numpy()), 10.0)
     page.mouse.move(px[j], py[j])
     page.mouse.down()
     page.mouse.up()
